@@ -1,0 +1,132 @@
+"""Configuration of the Masked Mixer (Badger, "Masked Mixers for Language Generation and Retrieval", 2024)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+
+class MaskedMixerConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MaskedMixerModel`] / [`MaskedMixerForCausalLM`].
+
+    A masked mixer is a pre-norm decoder whose attention is replaced by a learned, lower-triangular
+    `L x L` matrix that mixes token positions (one matrix per block and mixing head, one bias per output
+    position). There are no positional embeddings: the context length `L` is part of the parameter shapes,
+    so `max_position_embeddings` is a hard limit, not a default.
+
+    Block (pre-norm, two residual branches):
+
+    ```
+    h = LayerNorm_token(x)
+    x = x + out_proj( M_h[:T, :T] masked causal  @  in_proj(h)_h  + m_h[:T] )   # per mixing head h
+    x = x + down_proj(act(up_proj(LayerNorm_channel(x))))
+    ```
+    and `logits = lm_head(x)` after the last block (no final norm, as in the research code).
+
+    Args:
+        vocab_size (`int`, defaults to 4096): size of the token vocabulary.
+        hidden_size (`int`, defaults to 1024): model width `D` (research `dim`).
+        num_hidden_layers (`int`, defaults to 8): number of mixer blocks (research `depth`).
+        max_position_embeddings (`int`, defaults to 512): the fixed context length `L` (research global
+            `tokenized_length`). Inputs may be shorter; longer inputs raise an error.
+        intermediate_size (`int`, *optional*): width of the channel-mixing MLP; defaults to `4 * hidden_size`.
+        hidden_act (`str`, defaults to `"gelu"`): activation of the MLP (exact erf GELU in the research code).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of both LayerNorms of a block.
+        num_mixing_heads (`int`, defaults to 1): number of token-mixing heads, each with its own `L x L` matrix.
+            More than one head needs `mixing_head_dim`.
+        mixing_head_dim (`int`, *optional*): when set, the normalised input is projected to
+            `num_mixing_heads * mixing_head_dim` features (`in_proj`), each head mixes its own slice, and
+            `out_proj` maps the concatenation back to `hidden_size` (the research `MixerHead`, with a correct
+            per-head split). `None`: the mixing acts directly on the `hidden_size` features.
+        mixing_out_proj (`bool`, defaults to `False`): add a `Linear(hidden, hidden)` after the mixing when there
+            is no `in_proj`. Needed by research "multi-headed" checkpoints whose heads all compute the same
+            (last) head: their `n` identical copies followed by `Linear(n * D, D)` are folded at conversion into
+            one mixing matrix and this projection, which is exact. Implied when `mixing_head_dim` is set.
+        mixing_expanded (`bool`, defaults to `False`): the research "expanded" token mixing (`expand_conv=True`):
+            two masked matrices with a GELU in between. The research expansion factor is irrelevant for outputs
+            (rows beyond `L` of the first matrix can never reach a causal output) and is dropped at conversion.
+        mixing_softmax (`bool`, defaults to `False`): research quirk of `multiheaded_mixer_tinystories.py`: the
+            effective mixing matrix is `tril(softmax(tril(W), dim=output position))`, computed over the full
+            `L x L` matrix (the masked zeros take part in the softmax). The research code overwrote its weights
+            with this transform on every call; here it is applied functionally, which reproduces the research
+            model's first forward after loading and keeps training a proper reparameterisation.
+        mixing_bias (`bool`, defaults to `True`): whether each mixing matrix has a per-output-position bias.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
+        use_cache (`bool`, defaults to `True`): return a [`MaskedMixerCache`] for incremental decoding.
+        tie_word_embeddings (`bool`, defaults to `False`): share the input embedding with `lm_head`.
+        pad_token_id / bos_token_id / eos_token_id (`int`, *optional*): special token ids (research: pad = eos).
+    """
+
+    model_type = "masked_mixer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 8,
+        max_position_embeddings: int = 512,
+        intermediate_size: int | None = None,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        num_mixing_heads: int = 1,
+        mixing_head_dim: int | None = None,
+        mixing_out_proj: bool = False,
+        mixing_expanded: bool = False,
+        mixing_softmax: bool = False,
+        mixing_bias: bool = True,
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.max_position_embeddings = max_position_embeddings
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.num_mixing_heads = num_mixing_heads
+        self.mixing_head_dim = mixing_head_dim
+        self.mixing_out_proj = bool(mixing_out_proj or mixing_head_dim is not None)
+        self.mixing_expanded = mixing_expanded
+        self.mixing_softmax = mixing_softmax
+        self.mixing_bias = mixing_bias
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self._check()
+        super().__init__(**kwargs)
+
+    def _check(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
+                     "intermediate_size", "num_mixing_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MaskedMixerConfig.{name} must be a positive integer, got {value!r}.")
+        if self.mixing_head_dim is not None and (not isinstance(self.mixing_head_dim, int) or self.mixing_head_dim < 1):
+            raise ValueError(f"MaskedMixerConfig.mixing_head_dim must be a positive integer or None, "
+                             f"got {self.mixing_head_dim!r}.")
+        if self.num_mixing_heads > 1 and self.mixing_head_dim is None:
+            raise ValueError(
+                f"num_mixing_heads={self.num_mixing_heads} needs mixing_head_dim (the per-head projection width, "
+                f"e.g. hidden_size // num_mixing_heads = {self.hidden_size // self.num_mixing_heads})."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+
+    @property
+    def mixing_width(self) -> int:
+        """Number of features each mixing head mixes."""
+        return self.mixing_head_dim if self.mixing_head_dim is not None else self.hidden_size
+
+
+__all__ = ["MaskedMixerConfig"]

@@ -1,0 +1,394 @@
+"""PyTorch Masked Mixer: causal language model whose attention is a learned, masked position-mixing matrix.
+
+Research code: blbadger/maskedmixers (`mixer_lm/`). Differences from it, all deliberate:
+
+* the causal mask is applied functionally in every forward (the research code overwrote its parameters with
+  `tril(W)` in place, so its checkpoints are not triangular and its forward was impure);
+* inputs shorter than the context use the leading `T x T` block of every mixing matrix (exactly the first `T`
+  outputs of a right-padded full-length run); longer inputs raise a clear error;
+* incremental decoding with [`MaskedMixerCache`]: the mixing is linear in past positions, so caching every
+  block's mixing inputs makes a new token cost one matrix row per block instead of a full re-run;
+* left-padded batches are supported exactly: every row is re-based so its first real token is at position 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple, logging
+
+from ..configuration.configuration_masked_mixer import MaskedMixerConfig
+from .zoo_common import ZooPreTrainedModel
+
+logger = logging.get_logger(__name__)
+
+
+class MaskedMixerCacheLayer(DynamicLayer):
+    """Decoding state of one mixer block.
+
+    The token mixing is linear in the past positions, so the only state needed to process a new token is the
+    mixing input of every past position. It is stored in [`DynamicLayer`]'s layout `[batch, heads, seq, features]`
+    so that beam-search reordering, cropping (assisted decoding), batch selection and offloading work unchanged:
+    `keys` hold the mixing inputs (normalised, projected block inputs) and `values` the GELU hidden states of the
+    expanded mixing (zero features for the plain mixing).
+    """
+
+    @property
+    def mixing_inputs(self) -> torch.Tensor | None:
+        return self.keys
+
+    @property
+    def expanded_hidden(self) -> torch.Tensor | None:
+        return self.values
+
+
+class MaskedMixerCache(DynamicCache):
+    """Cache of a [`MaskedMixerForCausalLM`]: one [`MaskedMixerCacheLayer`] per block.
+
+    Memory per sequence is `num_hidden_layers * seq * num_mixing_heads * mixing_width` values (half of a
+    same-width transformer's key/value cache, plus as much again for the expanded mixing).
+    """
+
+    def __init__(self, config: MaskedMixerConfig):
+        Cache.__init__(self, layers=[MaskedMixerCacheLayer() for _ in range(config.num_hidden_layers)])
+        # Set once a padded (re-based) batch went through: later calls then need the full attention mask.
+        self.is_padded = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.is_padded = False
+
+
+@dataclass
+class MixingPositions:
+    """Where the queried tokens sit in the mixing matrices.
+
+    Unpadded batches only need `past_length` (the queries are rows `past_length ... past_length + T - 1` and every
+    key before them is real). Padded batches give every row its own positions: `query_positions [B, Tq]`,
+    `key_positions [B, Tk]` and `key_valid [B, Tk]` (False for padding, which is then never mixed in).
+    """
+
+    past_length: int
+    query_positions: torch.Tensor | None = None
+    key_positions: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+
+
+class MaskedMixerPositionMixing(nn.Module):
+    """`num_heads` learned `L x L` matrices mixing token positions causally, with one bias per output position.
+
+    Research equivalent: `nn.Conv1d(L, L, kernel_size=1)` on `[B, T, D]` activations with `tril` applied to its
+    weight (`weight[h, t, s] = conv.weight[t, s, 0]`, `bias[h, t] = conv.bias[t]`).
+    """
+
+    def __init__(self, num_heads: int, length: int, bias: bool = True, softmax: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_heads, length, length))
+        self.bias = nn.Parameter(torch.empty(num_heads, length)) if bias else None
+        self.softmax = softmax
+
+    def effective_weight(self) -> torch.Tensor:
+        """The matrices as the model uses them (entries above the diagonal are masked out later)."""
+        if not self.softmax:
+            return self.weight
+        # Research quirk (see MaskedMixerConfig.mixing_softmax): softmax down each input column over *all* output
+        # rows, including the masked zeros; computed in float32 for stability in half precision.
+        weight = torch.softmax(torch.tril(self.weight.float()), dim=-2)
+        return torch.tril(weight).to(self.weight.dtype)
+
+    def forward(self, inputs: torch.Tensor, positions: MixingPositions) -> torch.Tensor:
+        """Mix `inputs [B, H, Tk, d]` (all positions so far) into outputs `[B, H, Tq, d]` for the newest `Tq` rows."""
+        weight = self.effective_weight()
+        key_length = inputs.shape[-2]
+        if positions.query_positions is None:
+            start = positions.past_length
+            rows = torch.tril(weight[:, start:key_length, :key_length], diagonal=start)
+            out = torch.matmul(rows, inputs)
+            if self.bias is not None:
+                out = out + self.bias[:, start:key_length, None]
+            return out
+        query, key = positions.query_positions, positions.key_positions
+        rows = weight[:, query[:, :, None], key[:, None, :]].transpose(0, 1)  # [B, H, Tq, Tk]
+        visible = (key[:, None, :] <= query[:, :, None]) & positions.key_valid[:, None, :]
+        out = torch.matmul(rows * visible[:, None].to(rows.dtype), inputs)
+        if self.bias is not None:
+            out = out + self.bias[:, query].transpose(0, 1)[..., None]
+        return out
+
+
+class MaskedMixerTokenMixer(nn.Module):
+    """The token-mixing branch of a block (the part that replaces attention)."""
+
+    def __init__(self, config: MaskedMixerConfig):
+        super().__init__()
+        self.num_heads = config.num_mixing_heads
+        self.head_dim = config.mixing_width
+        width = self.num_heads * self.head_dim
+        self.in_proj = nn.Linear(config.hidden_size, width) if config.mixing_head_dim is not None else None
+        length = config.max_position_embeddings
+        self.mix = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, config.mixing_softmax)
+        self.mix_out = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias) if config.mixing_expanded else None
+        self.act = nn.GELU() if config.mixing_expanded else None
+        self.out_proj = nn.Linear(width, config.hidden_size) if config.mixing_out_proj else None
+
+    def forward(
+        self, hidden_states: torch.Tensor, positions: MixingPositions, cache_layer: MaskedMixerCacheLayer | None = None
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        inputs = self.in_proj(hidden_states) if self.in_proj is not None else hidden_states
+        inputs = inputs.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        has_past = cache_layer is not None and cache_layer.get_seq_length() > 0
+        all_inputs = torch.cat([cache_layer.mixing_inputs, inputs], dim=-2) if has_past else inputs
+        mixed = self.mix(all_inputs, positions)
+        hidden = mixed[..., :0]
+        if self.mix_out is not None:
+            hidden = self.act(mixed)
+            all_hidden = torch.cat([cache_layer.expanded_hidden, hidden], dim=-2) if has_past else hidden
+            mixed = self.mix_out(all_hidden, positions)
+        if cache_layer is not None:
+            cache_layer.update(inputs, hidden)
+        mixed = mixed.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.out_proj(mixed) if self.out_proj is not None else mixed
+
+
+class MaskedMixerMLP(nn.Module):
+    """Per-token channel mixing: `down_proj(act(up_proj(x)))` (research `patch_ff`)."""
+
+    def __init__(self, config: MaskedMixerConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
+
+
+class MaskedMixerBlock(GradientCheckpointingLayer):
+    """Pre-norm block: token mixing then channel mixing, each with a residual connection."""
+
+    def __init__(self, config: MaskedMixerConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.token_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.token_mixer = MaskedMixerTokenMixer(config)
+        self.channel_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MaskedMixerMLP(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, positions: MixingPositions, past_key_values: MaskedMixerCache | None = None
+    ) -> torch.Tensor:
+        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        hidden_states = hidden_states + self.token_mixer(self.token_norm(hidden_states), positions, cache_layer)
+        return hidden_states + self.mlp(self.channel_norm(hidden_states))
+
+
+class MaskedMixerPreTrainedModel(ZooPreTrainedModel):
+    """Weight initialisation, checkpoint loading and remote-code export shared by the Masked Mixer models."""
+
+    config_class = MaskedMixerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MaskedMixerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _auto_map_classes = {"AutoModel": "MaskedMixerModel", "AutoModelForCausalLM": "MaskedMixerForCausalLM"}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MaskedMixerPositionMixing):
+            # PyTorch's Conv1d default, as in the research code: U(-1/sqrt(L), 1/sqrt(L)) for weight and bias.
+            bound = 1.0 / math.sqrt(module.weight.shape[-1])
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # `generate` must not pre-build a plain DynamicCache: the model creates its MaskedMixerCache itself.
+        return False
+
+
+def _context_error(length: int, needed: int) -> ValueError:
+    return ValueError(
+        f"This Masked Mixer has a fixed context of {length} positions (config.max_position_embeddings) but the input "
+        f"needs {needed}: its mixing matrices have no weights beyond position {length - 1}. Truncate inputs to at most "
+        f"{length} tokens (e.g. tokenizer(..., truncation=True, max_length={length})) and keep prompt length + "
+        f"max_new_tokens <= {length} when generating."
+    )
+
+
+class MaskedMixerModel(MaskedMixerPreTrainedModel):
+    """The bare Masked Mixer: token embeddings and mixer blocks, returning the last block's hidden states."""
+
+    def __init__(self, config: MaskedMixerConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([MaskedMixerBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _positions(
+        self, attention_mask: torch.Tensor | None, past: MaskedMixerCache | None, query_length: int
+    ) -> MixingPositions:
+        length = self.config.max_position_embeddings
+        past_length = past.get_seq_length() if past is not None else 0
+        total = past_length + query_length
+        mask = attention_mask
+        if mask is not None:
+            if mask.dim() != 2 or mask.shape[-1] != total:
+                raise ValueError(
+                    f"attention_mask must have shape [batch, past + new tokens] = [*, {total}] (a 2-D 0/1 mask "
+                    f"over the cached and the new tokens), got {tuple(mask.shape)}."
+                )
+            mask = mask.bool()
+            # Ones followed by zeros in every row (no padding, or right padding): padding never precedes a real
+            # token, so every row already starts at position 0 and the shared fast path is exact.
+            if bool((mask[:, 1:] <= mask[:, :-1]).all()):
+                mask = None
+        if mask is None:
+            if past is not None and past.is_padded:
+                raise ValueError(
+                    "This cache was filled from a padded batch; pass the full attention_mask (past and new tokens) "
+                    "with every later call so each row keeps its own positions."
+                )
+            if total > length:
+                raise _context_error(length, total)
+            return MixingPositions(past_length)
+        real_tokens = int(mask.sum(-1).max())
+        if real_tokens > length:
+            raise _context_error(length, real_tokens)
+        if past is not None:
+            past.is_padded = True
+        # Each row is re-based so that its first real token is at position 0, as if it had been run alone.
+        key_positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return MixingPositions(past_length, key_positions[:, past_length:], key_positions, mask)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MaskedMixerCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}.")
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if past_key_values is not None and not isinstance(past_key_values, MaskedMixerCache):
+            raise TypeError(
+                f"MaskedMixerModel needs a MaskedMixerCache, got {type(past_key_values).__name__}: a key/value cache "
+                "cannot hold the mixer's state. Pass past_key_values=None (a MaskedMixerCache is created) or reuse "
+                "the cache returned by a previous call."
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = MaskedMixerCache(self.config)
+        if not use_cache:
+            past_key_values = None
+
+        positions = self._positions(attention_mask, past_key_values, inputs_embeds.shape[1])
+        hidden_states = inputs_embeds
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, positions, past_key_values=past_key_values)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        )
+
+
+class MaskedMixerForCausalLM(MaskedMixerPreTrainedModel, GenerationMixin):
+    """Masked Mixer with a language-modelling head (no final norm, no bias, as in the research code)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MaskedMixerConfig):
+        super().__init__(config)
+        self.model = MaskedMixerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MaskedMixerCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): targets for the next-token loss; they
+            are shifted inside (position `t` predicts `labels[t + 1]`), `-100` is ignored.
+        logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all), or for
+            the given position indices.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = [
+    "MaskedMixerCache",
+    "MaskedMixerCacheLayer",
+    "MaskedMixerForCausalLM",
+    "MaskedMixerModel",
+    "MaskedMixerPreTrainedModel",
+]

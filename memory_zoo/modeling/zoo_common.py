@@ -1,0 +1,126 @@
+"""Plumbing shared by every memory-zoo model: remote-code export and strict checkpoint loading.
+
+This file travels with every saved model (it is a sibling import of each ``modeling_*.py``), so it may only
+import ``torch``/``transformers`` and sibling modules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+# `from .x import y` / `from ..pkg.x import y`: the only imports of our own code a model file may use.
+_RELATIVE_IMPORT = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<dots>\.+)(?P<module>[\w.]*)[ \t]+import\b", re.MULTILINE)
+
+
+class CheckpointMismatchError(ValueError):
+    """Raised when a checkpoint's tensors do not fit the model built from its config."""
+
+
+def _resolve_relative(source: Path, dots: str, module: str) -> Path:
+    if not module:
+        raise ValueError(
+            f"{source}: `from {dots} import ...` cannot be exported as remote code (transformers only copies "
+            "`from .module import name` siblings); import from the module instead."
+        )
+    base = source.parent
+    for _ in range(len(dots) - 1):
+        base = base.parent
+    return base.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def flatten_source(source: Path) -> tuple[str, list[Path]]:
+    """Return ``source``'s text with every relative import rewritten to a sibling import, and the files it needs.
+
+    The rewrite is purely mechanical (`from ..configuration.configuration_x import A` becomes
+    `from .configuration_x import A`); every other line is kept byte for byte.
+    """
+    text = source.read_text(encoding="utf-8")
+    needed: list[Path] = []
+
+    def rewrite(match: re.Match) -> str:
+        target = _resolve_relative(source, match["dots"], match["module"])
+        if not target.is_file():
+            raise FileNotFoundError(f"{source} imports {match['dots']}{match['module']}, but {target} does not exist.")
+        needed.append(target)
+        return f"{match['indent']}from .{target.stem} import"
+
+    return _RELATIVE_IMPORT.sub(rewrite, text), needed
+
+
+def export_remote_code(module_files: list[Path], output_dir: str | os.PathLike) -> list[Path]:
+    """Write the flat, self-contained remote-code files for ``module_files`` (and what they import) to ``output_dir``.
+
+    transformers only follows sibling imports when it copies and loads custom code, so the package's nested layout
+    (``memory_zoo/configuration``, ``memory_zoo/modeling``, ...) is flattened here. Basenames must be unique.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pending = [Path(f).resolve() for f in module_files]
+    written: dict[str, Path] = {}
+    while pending:
+        source = pending.pop()
+        if source.name in written:
+            if written[source.name] != source:
+                raise ValueError(f"Two remote-code files share the basename {source.name}: {written[source.name]} and {source}.")
+            continue
+        written[source.name] = source
+        text, needed = flatten_source(source)
+        destination = output_dir / source.name
+        if destination.resolve() != source:
+            destination.write_text(text, encoding="utf-8")
+        pending.extend(p.resolve() for p in needed)
+    return [output_dir / name for name in sorted(written)]
+
+
+class ZooPreTrainedModel(PreTrainedModel):
+    """Base class of memory-zoo models.
+
+    * ``save_pretrained`` (and therefore ``push_to_hub``) writes the model's code as flat remote-code files next
+      to the weights and fills ``auto_map``, so the folder loads with ``trust_remote_code=True`` where memory-zoo
+      is not installed. ``_auto_map_classes`` maps Auto class names to class names of the same modeling module.
+    * ``from_pretrained`` refuses checkpoints whose tensors do not match the config instead of silently
+      initialising the missing ones (pass ``strict=False`` to get the transformers behaviour back).
+    """
+
+    _auto_map_classes: dict[str, str] = {}
+
+    @classmethod
+    def _remote_code_files(cls) -> list[Path]:
+        return [Path(sys.modules[cls.__module__].__file__), Path(sys.modules[cls.config_class.__module__].__file__)]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        modeling_module = type(self).__module__.rsplit(".", 1)[-1]
+        config_module = self.config_class.__module__.rsplit(".", 1)[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map["AutoConfig"] = f"{config_module}.{self.config_class.__name__}"
+        auto_map.update({auto: f"{modeling_module}.{name}" for auto, name in self._auto_map_classes.items()})
+        self.config.auto_map = auto_map
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = kwargs.get("is_main_process", True)
+        if is_main_process and not os.path.isfile(save_directory):
+            export_remote_code(self._remote_code_files(), save_directory)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if strict and any(problems.values()):
+            lines = [f"The checkpoint at {pretrained_model_name_or_path!s} does not match {cls.__name__} built from its config:"]
+            for key, values in problems.items():
+                if values:
+                    shown = ", ".join(str(v) for v in values[:20]) + (" ..." if len(values) > 20 else "")
+                    lines.append(f"  {key.replace('_', ' ')} ({len(values)}): {shown}")
+            lines.append(
+                "Check that config.json belongs to these weights (research checkpoints must go through "
+                "`memory-zoo convert` first), or pass strict=False to initialise missing weights randomly."
+            )
+            raise CheckpointMismatchError("\n".join(lines))
+        return (model, info) if want_info else model
+
