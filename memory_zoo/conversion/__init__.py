@@ -1,0 +1,86 @@
+"""Turn research checkpoints into Hub-format model folders (`memory-zoo convert SOURCE CHECKPOINT OUTPUT_DIR`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
+from . import masked_mixer
+from .common import ConversionError, file_sha256, find_checkpoint_file, load_research_config, load_state_dict, logger
+
+# SOURCE name -> (research repository, state-dict converter, model class)
+SOURCES = {
+    name: ("blbadger/maskedmixers", masked_mixer.convert_masked_mixer_state_dict, MaskedMixerForCausalLM)
+    for name in masked_mixer.SOURCES
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def convert(
+    source: str,
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: str | os.PathLike | dict | None = None,
+    dtype: str = "float32",
+    tokenizer: str | os.PathLike | None = None,
+):
+    """Convert the research checkpoint at ``checkpoint`` and save it (weights, config, remote code) to ``output_dir``.
+
+    ``config`` is a JSON file (or dict) with the research code's own hyperparameter names, checked against what the
+    tensor shapes imply; ``tokenizer`` an optional tokenizer folder saved alongside. Returns the converted model.
+    """
+    if source not in SOURCES:
+        raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
+    if dtype not in DTYPES:
+        raise ConversionError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
+    repository, convert_state_dict, model_class = SOURCES[source]
+    research_config = config if isinstance(config, dict) else load_research_config(config)
+    weights_file = find_checkpoint_file(checkpoint)
+    model_config, state_dict, notes = convert_state_dict(load_state_dict(weights_file), source, research_config)
+
+    tok = None
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            setattr(model_config, name, getattr(tok, name))
+        if len(tok) > model_config.vocab_size:
+            raise ConversionError(f"The tokenizer has {len(tok)} tokens but the checkpoint only {model_config.vocab_size} "
+                                  "embeddings: it is not the tokenizer this model was trained with.")
+
+    model = model_class(model_config)
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not (model_config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ConversionError(f"Internal mapping error: missing {missing}, unexpected {result.unexpected_keys}.")
+    if model_config.tie_word_embeddings:
+        model.tie_weights()
+    model = model.to(DTYPES[dtype]).eval()
+
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    if tok is not None:
+        tok.save_pretrained(output_dir)
+    info = {
+        "source": source,
+        "research_repository": repository,
+        "checkpoint": str(weights_file),
+        "checkpoint_sha256": file_sha256(weights_file),
+        "research_config": research_config,
+        "dtype": dtype,
+        "notes": notes,
+        "memory_zoo_version": __version__,
+    }
+    (output_dir / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    for note in notes:
+        logger.info("%s", note)
+    return model
+
+
+__all__ = ["ConversionError", "DTYPES", "SOURCES", "convert", "load_state_dict"]

@@ -1,0 +1,119 @@
+"""Helpers shared by the converters: reading research checkpoints and configs, reconciling hyperparameters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("memory_zoo.conversion")
+
+# File names a research run may leave its weights under, in order of preference.
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+# Wrappers that prefix parameter names: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ConversionError(ValueError):
+    """A research checkpoint or config that cannot be converted; the message says why and what to do."""
+
+
+def find_checkpoint_file(path: str | os.PathLike) -> Path:
+    """The weights file of ``path``: the file itself, or the first of ``CHECKPOINT_FILES`` inside a folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise ConversionError(
+            f"{path} holds none of {', '.join(CHECKPOINT_FILES)}. Point CHECKPOINT at the research run's checkpoint "
+            "folder (e.g. .../checkpoint-4000) or directly at its weights file."
+        )
+    if not path.is_file():
+        raise ConversionError(f"Checkpoint {path} does not exist.")
+    return path
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load research weights (safetensors, or a pickled state dict with ``weights_only=True``) on the CPU."""
+    file = find_checkpoint_file(path)
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(file), device="cpu")
+        else:
+            state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors and torch raise many types for damaged files
+        raise ConversionError(
+            f"Could not read {file}: {type(error).__name__}: {error}. The file is damaged or not a checkpoint; "
+            "copy it again from the training run."
+        ) from error
+    for wrapper in ("state_dict", "model"):  # {"model": state_dict} style training checkpoints
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ConversionError(f"{file} does not hold a flat state dict of tensors.")
+    cleaned = {}
+    for key, tensor in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = tensor
+    return cleaned
+
+
+def load_research_config(path: str | os.PathLike | None) -> dict:
+    """The ``--config`` JSON object (research names as keys), or ``{}`` without one."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ConversionError(f"--config file {path} does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"--config file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"--config file {path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def reconcile(research_config: dict, names: Iterable[str], from_checkpoint, what: str):
+    """Check the ``--config`` values under ``names`` against the value the tensor shapes imply.
+
+    Returns the checkpoint's value; raises a :class:`ConversionError` naming both sides on a contradiction.
+    """
+    for name in names:
+        if name in research_config and research_config[name] != from_checkpoint:
+            raise ConversionError(
+                f"--config says {name}={research_config[name]!r}, but the checkpoint's tensors imply {what} = "
+                f"{from_checkpoint!r}. Fix the config (or use the checkpoint that belongs to it)."
+            )
+    return from_checkpoint
+
+
+def warn_unknown_keys(research_config: dict, known: Iterable[str], source: str) -> None:
+    unknown = sorted(set(research_config) - set(known))
+    if unknown:
+        logger.warning("Ignoring --config keys that %s does not use: %s", source, ", ".join(unknown))
+
+
+def take(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """Pop a required tensor, with an error that lists what the checkpoint has instead."""
+    if key not in state_dict:
+        raise ConversionError(f"The checkpoint has no tensor {key!r}; is it from the right SOURCE?")
+    return state_dict.pop(key)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
