@@ -120,6 +120,8 @@ class MaskedMixerConfig(PretrainedConfig):
                 f"num_mixing_heads={self.num_mixing_heads} needs mixing_head_dim (the per-head projection width, "
                 f"e.g. hidden_size // num_mixing_heads = {self.hidden_size // self.num_mixing_heads})."
             )
+        if self.mixing_softmax and self.mixing_expanded:
+            raise ValueError("mixing_softmax and mixing_expanded cannot be combined: no research model used both.")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
 

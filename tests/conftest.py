@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models and a tokenizer trained on the spot; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+    "All that glitters is not gold. The early bird catches the worm. "
+) * 20
+
+
+def train_tokenizer(vocab_size: int = 120):
+    """A byte-level BPE tokenizer trained in well under a second, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([TEXT], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer()
+
+
+# Every token-mixing layout the config supports, as small as possible.
+VARIANTS = {
+    "plain": {},
+    "expanded": {"mixing_expanded": True},
+    "multihead": {"num_mixing_heads": 2, "mixing_head_dim": 8},
+    "last_head_softmax": {"mixing_out_proj": True, "mixing_softmax": True},
+    "no_bias": {"mixing_bias": False},
+}
+
+
+def tiny_config(vocab_size: int = 300, **overrides):
+    from memory_zoo import MaskedMixerConfig
+
+    settings = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, max_position_embeddings=24,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    settings.update(overrides)
+    return MaskedMixerConfig(**settings)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    from memory_zoo import MaskedMixerForCausalLM
+
+    torch.manual_seed(seed)
+    return MaskedMixerForCausalLM(tiny_config(**overrides)).eval()
