@@ -229,6 +229,9 @@ def _context_error(length: int, needed: int) -> ValueError:
 class MaskedMixerModel(MaskedMixerPreTrainedModel):
     """The bare Masked Mixer: token embeddings and mixer blocks, returning the last block's hidden states."""
 
+    # Loading the bare model from a causal-LM checkpoint leaves its head behind, by design.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
     def __init__(self, config: MaskedMixerConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)

@@ -109,8 +109,21 @@ class ZooPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-        problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        # Let transformers finish loading so that every problem can be reported at once, in our own words.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True,
+            ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
+        )
+        mismatched = [] if allow_mismatch else [
+            f"{key} (checkpoint {tuple(saved)} vs model {tuple(built)})" if isinstance(key, str) else str(key)
+            for key, saved, built in (_mismatch(entry) for entry in info.get("mismatched_keys") or [])
+        ]
+        problems = {
+            "missing_keys": sorted(info.get("missing_keys") or []),
+            "unexpected_keys": sorted(info.get("unexpected_keys") or []),
+            "mismatched_keys": sorted(mismatched),
+        }
         if strict and any(problems.values()):
             lines = [f"The checkpoint at {pretrained_model_name_or_path!s} does not match {cls.__name__} built from its config:"]
             for key, values in problems.items():
@@ -124,3 +137,9 @@ class ZooPreTrainedModel(PreTrainedModel):
             raise CheckpointMismatchError("\n".join(lines))
         return (model, info) if want_info else model
 
+
+def _mismatch(entry) -> tuple:
+    """transformers reports a size mismatch as (key, checkpoint shape, model shape)."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        return tuple(entry)
+    return entry, (), ()
