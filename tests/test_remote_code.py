@@ -18,6 +18,9 @@ import memory_zoo
 from memory_zoo.modeling.zoo_common import export_remote_code, flatten_source
 
 PACKAGE = Path(memory_zoo.__file__).parent
+# Package modules that remote code may import: they are flattened into one folder, so basenames must be unique.
+EXPORTABLE = sorted(p for sub in ("configuration", "modeling", "hub_kernels") for p in (PACKAGE / sub).glob("*.py")
+                    if p.name != "__init__.py")
 PROBE = Path(__file__).parent / "remote_code_probe.py"
 
 
@@ -51,7 +54,7 @@ def test_saved_model_loads_without_the_package(variant, tmp_path, tokenizer):
     assert report["pipeline_text"].startswith("The quick")
     assert report["resaved_max_diff"] == 0.0
     # the folder re-saved by the remote-code model carries the same code files
-    for name in ("configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py"):
+    for name in ("configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_kernels.py"):
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
 
@@ -64,13 +67,13 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
         "AutoModelForCausalLM": "modeling_masked_mixer.MaskedMixerForCausalLM",
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
-        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py"]
+        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_kernels.py"]
 
 
 def test_exported_files_are_the_package_sources_with_only_imports_rewritten(tmp_path):
     """The flat copies are generated, never hand-maintained: every line but the relative imports is identical."""
     tiny_model().save_pretrained(tmp_path)
-    sources = {p.name: p for p in PACKAGE.rglob("*.py")}
+    sources = {p.name: p for p in EXPORTABLE}
     for exported in tmp_path.glob("*.py"):
         original = sources[exported.name].read_text().splitlines()
         copy = exported.read_text().splitlines()
@@ -85,8 +88,8 @@ def test_exported_files_are_the_package_sources_with_only_imports_rewritten(tmp_
 
 
 def test_module_basenames_are_unique():
-    names = [p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
-    assert len(names) == len(set(names))
+    names = [p.name for p in EXPORTABLE]
+    assert len(names) == len(set(names)) and "modeling_masked_mixer.py" in names
 
 
 def test_export_refuses_imports_transformers_cannot_follow(tmp_path):

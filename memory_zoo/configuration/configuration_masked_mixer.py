@@ -52,6 +52,12 @@ class MaskedMixerConfig(PretrainedConfig):
             with this transform on every call; here it is applied functionally, which reproduces the research
             model's first forward after loading and keeps training a proper reparameterisation.
         mixing_bias (`bool`, defaults to `True`): whether each mixing matrix has a per-output-position bias.
+        use_kernels (`bool`, defaults to `True`): on GPUs, run the causal mixing through the Triton `masked_mixing`
+            Hub kernel (about half the FLOPs of a dense matmul); it falls back to the pure-torch path, with one log
+            line, wherever the kernel cannot be loaded. Padded (re-based) batches always use the pure-torch path.
+        kernel_repo_id (`str`, defaults to `"memory-zoo/masked-mixing"`): Hub kernel repository to load the kernel
+            from where the copy packaged with memory-zoo is not available (remote code).
+        kernel_revision (`str`, defaults to `"v1"`): branch, tag or commit of `kernel_repo_id`.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
         use_cache (`bool`, defaults to `True`): return a [`MaskedMixerCache`] for incremental decoding.
         tie_word_embeddings (`bool`, defaults to `False`): share the input embedding with `lm_head`.
@@ -76,6 +82,9 @@ class MaskedMixerConfig(PretrainedConfig):
         mixing_expanded: bool = False,
         mixing_softmax: bool = False,
         mixing_bias: bool = True,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
+        kernel_revision: str | None = "v1",
         initializer_range: float = 0.02,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,
@@ -97,6 +106,9 @@ class MaskedMixerConfig(PretrainedConfig):
         self.mixing_expanded = mixing_expanded
         self.mixing_softmax = mixing_softmax
         self.mixing_bias = mixing_bias
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         self.tie_word_embeddings = tie_word_embeddings

@@ -1,0 +1,14 @@
+"""Custom kernels laid out as Hub kernel repositories, and the loader models use to pick them up.
+
+Each sub-folder is one kernel repository: `build.toml`, the source package under `torch-ext/<name>/`, and the
+published tree under `build/<variant>/` that `kernels.get_local_kernel` (or, once pushed, `kernels.get_kernel`)
+loads. `python -m memory_zoo.hub_kernels.build` regenerates the published trees from the sources.
+
+| kernel | used by | what it computes |
+|---|---|---|
+| `masked_mixing` | Masked Mixer | `tril(W, diagonal=offset) @ U (+ bias)`, skipping the masked half; forward and backward |
+"""
+
+from .zoo_kernels import kernel_for, kernel_runs_on, load_hub_kernel
+
+__all__ = ["kernel_for", "kernel_runs_on", "load_hub_kernel"]

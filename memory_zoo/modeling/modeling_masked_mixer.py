@@ -27,6 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
+from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel
 
 logger = logging.get_logger(__name__)
@@ -90,11 +91,14 @@ class MaskedMixerPositionMixing(nn.Module):
     weight (`weight[h, t, s] = conv.weight[t, s, 0]`, `bias[h, t] = conv.bias[t]`).
     """
 
-    def __init__(self, num_heads: int, length: int, bias: bool = True, softmax: bool = False):
+    def __init__(self, num_heads: int, length: int, bias: bool = True, softmax: bool = False,
+                 kernel: tuple[str | None, str | None] | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_heads, length, length))
         self.bias = nn.Parameter(torch.empty(num_heads, length)) if bias else None
         self.softmax = softmax
+        # (Hub repo id, revision) of the `masked_mixing` kernel, or None to always use the pure-torch path.
+        self.kernel = kernel
 
     def effective_weight(self) -> torch.Tensor:
         """The matrices as the model uses them (entries above the diagonal are masked out later)."""
@@ -111,11 +115,13 @@ class MaskedMixerPositionMixing(nn.Module):
         key_length = inputs.shape[-2]
         if positions.query_positions is None:
             start = positions.past_length
-            rows = torch.tril(weight[:, start:key_length, :key_length], diagonal=start)
-            out = torch.matmul(rows, inputs)
-            if self.bias is not None:
-                out = out + self.bias[:, start:key_length, None]
-            return out
+            rows = weight[:, start:key_length, :key_length]
+            bias = self.bias[:, start:key_length] if self.bias is not None else None
+            kernel = kernel_for(inputs, "masked_mixing", *self.kernel) if self.kernel is not None else None
+            if kernel is not None:
+                return kernel.masked_mixing(rows, inputs, bias, start)
+            out = torch.matmul(torch.tril(rows, diagonal=start), inputs)
+            return out + bias[..., None] if bias is not None else out
         query, key = positions.query_positions, positions.key_positions
         rows = weight[:, query[:, :, None], key[:, None, :]].transpose(0, 1)  # [B, H, Tq, Tk]
         visible = (key[:, None, :] <= query[:, :, None]) & positions.key_valid[:, None, :]
@@ -135,8 +141,12 @@ class MaskedMixerTokenMixer(nn.Module):
         width = self.num_heads * self.head_dim
         self.in_proj = nn.Linear(config.hidden_size, width) if config.mixing_head_dim is not None else None
         length = config.max_position_embeddings
-        self.mix = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, config.mixing_softmax)
-        self.mix_out = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias) if config.mixing_expanded else None
+        kernel = (config.kernel_repo_id, config.kernel_revision) if config.use_kernels else None
+        self.mix = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, config.mixing_softmax, kernel)
+        self.mix_out = (
+            MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, kernel=kernel)
+            if config.mixing_expanded else None
+        )
         self.act = nn.GELU() if config.mixing_expanded else None
         self.out_proj = nn.Linear(width, config.hidden_size) if config.mixing_out_proj else None
 

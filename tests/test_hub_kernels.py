@@ -1,0 +1,66 @@
+"""Hub kernel repositories: layout, loading through `kernels`, fallback, and Triton parity under the interpreter."""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from memory_zoo.hub_kernels import kernel_for, load_hub_kernel
+from memory_zoo.hub_kernels.build import build_kernel, kernel_dirs
+
+TESTS = Path(__file__).parent
+
+
+def test_published_trees_are_generated_from_sources(tmp_path):
+    """build/ is a mechanical product of torch-ext/ + build.toml: regenerate and compare byte for byte."""
+    assert kernel_dirs(), "no kernel repositories found"
+    for kernel_dir in kernel_dirs():
+        generated = build_kernel(kernel_dir, tmp_path / kernel_dir.name)
+        committed = kernel_dir / "build" / generated.name
+        comparison = filecmp.dircmp(committed, generated)
+        stack = [comparison]
+        while stack:
+            current = stack.pop()
+            assert not current.left_only and not current.right_only, (current.left, current.left_only, current.right_only)
+            _, mismatch, errors = filecmp.cmpfiles(current.left, current.right, current.common_files, shallow=False)
+            assert not mismatch and not errors, f"stale {mismatch or errors} in {current.left}: run python -m memory_zoo.hub_kernels.build"
+            stack.extend(current.subdirs.values())
+
+
+def test_packaged_kernel_loads_through_kernels_package():
+    kernel = load_hub_kernel("masked_mixing")
+    assert kernel is not None and callable(kernel.masked_mixing)
+    with pytest.raises(ValueError, match="expects weight"):
+        kernel.masked_mixing(torch.zeros(2, 3), torch.zeros(1, 1, 3, 4))
+
+
+def test_unloadable_kernel_falls_back_with_one_log_line(caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with caplog.at_level(logging.INFO, logger="memory_zoo.kernels"):
+        assert load_hub_kernel("no_such_kernel", "memory-zoo/no-such-kernel", "v1") is None
+        assert load_hub_kernel("no_such_kernel", "memory-zoo/no-such-kernel", "v1") is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "no_such_kernel kernel not used" in lines[0] and "pure-torch path" in lines[0]
+
+
+def test_cpu_tensors_use_the_pure_torch_path(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kernel_for(torch.zeros(1), "masked_mixing", None, None) is None
+
+
+def test_triton_kernel_matches_reference_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "interpret_masked_mixing.py")],
+        capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
