@@ -38,3 +38,17 @@ def test_quickstart_rejects_missing_text_file(tmp_path):
 def test_ruff_clean():
     result = subprocess.run(["ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_generation_benchmark_quick_run_writes_figures(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "masked_mixer_generation.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    import json
+
+    report = json.loads(output.read_text())
+    assert [r["context"] for r in report["results"]] == [32, 64]
+    assert all(r["tokens_identical"] and r["cached_tokens_per_s"] > 0 for r in report["results"])
