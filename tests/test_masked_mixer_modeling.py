@@ -21,6 +21,16 @@ def ids(batch: int, length: int, seed: int = 1, vocab: int = 300) -> torch.Tenso
     return torch.randint(3, vocab, (batch, length), generator=generator)
 
 
+def left_pad(rows: list[torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch (pad id 0) of ``rows`` and its attention mask."""
+    batch = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, length - len(row):] = row
+        mask[i, length - len(row):] = 1
+    return batch, mask
+
+
 def test_shorter_input_is_prefix_of_full_context(model):
     full = ids(2, 24)
     logits = model(full).logits
@@ -69,11 +79,7 @@ def test_incremental_decoding_matches_full_forward(model):
 
 def test_left_padding_gives_each_row_its_unpadded_outputs(model):
     rows = [ids(1, 9, seed=2)[0], ids(1, 5, seed=3)[0]]
-    batch = torch.zeros(2, 9, dtype=torch.long)
-    mask = torch.zeros(2, 9, dtype=torch.long)
-    for i, row in enumerate(rows):
-        batch[i, 9 - len(row):] = row
-        mask[i, 9 - len(row):] = 1
+    batch, mask = left_pad(rows, 9)
     logits = model(batch, attention_mask=mask).logits
     for i, row in enumerate(rows):
         alone = model(row[None]).logits[0]
@@ -139,11 +145,7 @@ def test_generate_with_and_without_cache_agree(model, kwargs):
 
 def test_left_padded_batched_generation_matches_single_rows(model):
     rows = [ids(1, 7, seed=6)[0], ids(1, 3, seed=7)[0]]
-    batch = torch.zeros(2, 7, dtype=torch.long)
-    mask = torch.zeros(2, 7, dtype=torch.long)
-    for i, row in enumerate(rows):
-        batch[i, 7 - len(row):] = row
-        mask[i, 7 - len(row):] = 1
+    batch, mask = left_pad(rows, 7)
     out = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False,
                          pad_token_id=0)
     for i, row in enumerate(rows):
