@@ -116,6 +116,18 @@ def test_research_tied_weights_without_lm_head(tmp_path):
     torch.testing.assert_close(reloaded(expected["input_ids"]).logits, model(expected["input_ids"]).logits)
 
 
+def test_pickled_tied_checkpoint_is_detected(tmp_path):
+    """tie_weights=True models can only be saved with torch.save (safetensors refuses shared tensors)."""
+    folder, expected = fixture("plain")
+    state_dict = load_file(str(folder / "model.safetensors"))
+    state_dict["lm_head.weight"] = state_dict["wte.weight"]
+    torch.save(state_dict, tmp_path / "pytorch_model.bin")
+    model = convert("masked-mixer", tmp_path, tmp_path / "out")
+    assert model.config.tie_word_embeddings
+    with pytest.raises(ConversionError, match="tie_weights=False.*tied embeddings"):
+        convert("masked-mixer", tmp_path, tmp_path / "out2", config={"tie_weights": False})
+
+
 @pytest.mark.parametrize("config, message", [
     ({"n_vocab": 4096}, r"n_vocab=4096.*vocabulary size.*128"),
     ({"tokenized_length": 512}, r"tokenized_length=512.*context length.*16"),

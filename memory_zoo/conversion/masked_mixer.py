@@ -92,6 +92,9 @@ def convert_masked_mixer_state_dict(
     tie = bool(research_config.get("tie_weights", False))
     if "lm_head.weight" in mapper.source:
         head = mapper.move("lm_head.weight", "lm_head.weight")
+        if head.data_ptr() == embed.data_ptr():  # a tied model pickled with torch.save keeps the shared storage
+            tie = reconcile(research_config, ["tie_weights"], True, "tied embeddings (shared wte/lm_head storage)")
+            notes.append("lm_head shares wte's storage: saved as tied embeddings")
         if tie and not torch.equal(head, embed):
             raise ConversionError("--config says tie_weights=true, but lm_head.weight differs from wte.weight.")
     elif tie:
