@@ -105,7 +105,7 @@ def warn_unknown_keys(research_config: dict, known: Iterable[str], source: str) 
 
 
 def take(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    """Pop a required tensor, with an error that lists what the checkpoint has instead."""
+    """Pop a required tensor, with an error naming it when the checkpoint lacks it."""
     if key not in state_dict:
         raise ConversionError(f"The checkpoint has no tensor {key!r}; is it from the right SOURCE?")
     return state_dict.pop(key)

@@ -57,7 +57,7 @@ def _block_indices(state_dict: dict[str, torch.Tensor]) -> list[int]:
 
 
 class _Mapper:
-    """Collects converted tensors and the hyperparameters the shapes imply."""
+    """Moves tensors from the research state dict (``source``, emptied as it goes) to ours (``target``)."""
 
     def __init__(self, state_dict: dict[str, torch.Tensor]):
         self.source = dict(state_dict)
@@ -152,25 +152,30 @@ def convert_masked_mixer_state_dict(
     return config, mapper.target, notes
 
 
-def _mixing(mapper: _Mapper, weight_key: str, bias_key: str, target: str, rows: int | None = None,
-            cols: int | None = None) -> tuple[int, bool]:
+def _mixing(mapper: _Mapper, weight_key: str, bias_key: str, rows: int | None = None,
+            cols: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Take one research mixing conv as a masked ``[L, L]`` matrix and its ``[L]`` bias (None without one)."""
     weight = _mixing_matrix(take(mapper.source, weight_key), weight_key)
     weight = weight[:rows, :cols] if rows or cols else weight
     if weight.shape[0] != weight.shape[1]:
         raise ConversionError(f"{weight_key} is not square after slicing: {tuple(weight.shape)}.")
-    mapper.target[target + ".weight"] = torch.tril(weight)[None].contiguous()
-    has_bias = bias_key in mapper.source
-    if has_bias:
-        bias = take(mapper.source, bias_key)
-        mapper.target[target + ".bias"] = bias[: weight.shape[0]][None].contiguous()
-    return weight.shape[0], has_bias
+    bias = take(mapper.source, bias_key)[: weight.shape[0]] if bias_key in mapper.source else None
+    return torch.tril(weight), bias
+
+
+def _store_mixing(mapper: _Mapper, target: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> dict:
+    """Store per-head matrices as one ``MaskedMixerPositionMixing`` (``[H, L, L]`` weight, ``[H, L]`` bias)."""
+    mapper.target[target + ".weight"] = torch.stack(weights).contiguous()
+    if biases[0] is not None:
+        mapper.target[target + ".bias"] = torch.stack(biases).contiguous()
+    return {"length": weights[0].shape[0], "mixing_bias": biases[0] is not None}
 
 
 def _convert_plain_block(mapper: _Mapper, old: str, new: str, research_config: dict) -> dict:
     if old + "conv.weight" in mapper.source:
         reconcile(research_config, ["expand_conv"], False, "flat token mixing (conv.weight)")
-        length, bias = _mixing(mapper, old + "conv.weight", old + "conv.bias", new + "mix")
-        return {"length": length, "mixing_bias": bias}
+        weight, bias = _mixing(mapper, old + "conv.weight", old + "conv.bias")
+        return _store_mixing(mapper, new + "mix", [weight], [bias])
     if old + "conv.0.weight" in mapper.source:
         reconcile(research_config, ["expand_conv"], True, "expanded token mixing (conv.0 / conv.2)")
         inner, length = mapper.source[old + "conv.0.weight"].shape[:2]
@@ -179,9 +184,10 @@ def _convert_plain_block(mapper: _Mapper, old: str, new: str, research_config: d
         reconcile(research_config, ["expansion_factor"], inner // length, "expansion factor (conv.0 rows / L)")
         # Rows >= L of the first matrix feed hidden rows that the second (masked) matrix never reads: dropping
         # them is exact, and makes every expansion factor the same model.
-        _mixing(mapper, old + "conv.0.weight", old + "conv.0.bias", new + "mix", rows=length)
-        _, bias = _mixing(mapper, old + "conv.2.weight", old + "conv.2.bias", new + "mix_out", cols=length)
-        return {"length": length, "mixing_bias": bias, "mixing_expanded": True}
+        weight, bias = _mixing(mapper, old + "conv.0.weight", old + "conv.0.bias", rows=length)
+        _store_mixing(mapper, new + "mix", [weight], [bias])
+        weight, bias = _mixing(mapper, old + "conv.2.weight", old + "conv.2.bias", cols=length)
+        return {**_store_mixing(mapper, new + "mix_out", [weight], [bias]), "mixing_expanded": True}
     raise ConversionError(f"No token-mixing weights under {old}conv (expected conv.weight or conv.0.weight); "
                           "for checkpoints with `mixerhead.` keys use SOURCE multiheaded-mixer or multiconv-mixer.")
 
@@ -203,18 +209,19 @@ def _convert_last_head_block(mapper: _Mapper, old: str, new: str, research_confi
                               f"{heads} heads of width {hidden} needs ({hidden}, {hidden * heads}).")
     for h in range(heads):
         projection = mapper.source.pop(f"{old}mixerhead.proj_head.{h}.weight", None)
-        if projection is not None and "hidden_dim" in research_config:
+        if projection is not None:
             reconcile(research_config, ["hidden_dim"], projection.shape[0], "projection width (proj_head rows)")
         mapper.source.pop(f"{old}mixerhead.proj_head.{h}.bias", None)
     for h in range(heads - 1):
         take(mapper.source, f"{old}mixerhead.convs.{h}.weight")
         mapper.source.pop(f"{old}mixerhead.convs.{h}.bias", None)
     last = f"{old}mixerhead.convs.{heads - 1}"
-    length, bias = _mixing(mapper, last + ".weight", last + ".bias", new + "mix")
+    weight, bias = _mixing(mapper, last + ".weight", last + ".bias")
+    settings = _store_mixing(mapper, new + "mix", [weight], [bias])
     # concat([c] * n) @ W.T == c @ (sum of W's n column blocks).T
     mapper.target[new + "out_proj.weight"] = out_weight.view(hidden, heads, hidden).sum(1).contiguous()
     mapper.target[new + "out_proj.bias"] = take(mapper.source, old + "mixerhead.out_proj.bias")
-    return {"length": length, "mixing_bias": bias, "mixing_out_proj": True, "mixing_softmax": softmax}
+    return {**settings, "mixing_out_proj": True, "mixing_softmax": softmax}
 
 
 def _convert_multiconv_block(mapper: _Mapper, old: str, new: str, research_config: dict, hidden: int) -> dict:
@@ -239,16 +246,9 @@ def _convert_multiconv_block(mapper: _Mapper, old: str, new: str, research_confi
     biases = [take(mapper.source, f"{old}mixerhead.proj_head.{h}.bias") for h in range(heads)]
     mapper.target[new + "in_proj.weight"] = torch.cat(weights, 0)
     mapper.target[new + "in_proj.bias"] = torch.cat(biases, 0)
-    matrices, offsets = [], []
-    length = bias = None
-    for h in range(heads):
-        length, bias = _mixing(mapper, f"{old}mixerhead.convs.{h}.weight", f"{old}mixerhead.convs.{h}.bias", new + "mix")
-        matrices.append(mapper.target.pop(new + "mix.weight"))
-        if bias:
-            offsets.append(mapper.target.pop(new + "mix.bias"))
-    mapper.target[new + "mix.weight"] = torch.cat(matrices, 0)
-    if offsets:
-        mapper.target[new + "mix.bias"] = torch.cat(offsets, 0)
+    matrices, offsets = zip(*(_mixing(mapper, f"{old}mixerhead.convs.{h}.weight", f"{old}mixerhead.convs.{h}.bias")
+                              for h in range(heads)), strict=True)
+    settings = _store_mixing(mapper, new + "mix", list(matrices), list(offsets))
     mapper.move(old + "mixerhead.out_proj.weight", new + "out_proj.weight")
     mapper.move(old + "mixerhead.out_proj.bias", new + "out_proj.bias")
-    return {"length": length, "mixing_bias": bias, "num_mixing_heads": heads, "mixing_head_dim": head_dim}
+    return {**settings, "num_mixing_heads": heads, "mixing_head_dim": head_dim}
