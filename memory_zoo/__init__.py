@@ -6,12 +6,15 @@ Importing the package registers every architecture with the transformers Auto cl
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration import MaskedMixerConfig
+from .configuration import MaskedMixerConfig, MemoryMosaicsConfig
 from .modeling import (
     CheckpointMismatchError,
     MaskedMixerCache,
     MaskedMixerForCausalLM,
     MaskedMixerModel,
+    MemoryMosaicsCache,
+    MemoryMosaicsForCausalLM,
+    MemoryMosaicsModel,
 )
 
 __version__ = "0.1.0"
@@ -19,6 +22,7 @@ __version__ = "0.1.0"
 # (config class, base model, causal-LM model) of every architecture.
 ARCHITECTURES = [
     (MaskedMixerConfig, MaskedMixerModel, MaskedMixerForCausalLM),
+    (MemoryMosaicsConfig, MemoryMosaicsModel, MemoryMosaicsForCausalLM),
 ]
 
 for _config, _base, _causal_lm in ARCHITECTURES:
@@ -33,4 +37,8 @@ __all__ = [
     "MaskedMixerConfig",
     "MaskedMixerForCausalLM",
     "MaskedMixerModel",
+    "MemoryMosaicsCache",
+    "MemoryMosaicsConfig",
+    "MemoryMosaicsForCausalLM",
+    "MemoryMosaicsModel",
 ]

@@ -1,5 +1,6 @@
 """Model configurations (plain data with documented fields), one module per architecture."""
 
 from .configuration_masked_mixer import MaskedMixerConfig
+from .configuration_memory_mosaics import MemoryMosaicsConfig
 
-__all__ = ["MaskedMixerConfig"]
+__all__ = ["MaskedMixerConfig", "MemoryMosaicsConfig"]

@@ -10,13 +10,22 @@ import torch
 
 from .. import __version__
 from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
-from . import masked_mixer
+from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
+from . import masked_mixer, memory_mosaics
 from .common import ConversionError, file_sha256, find_checkpoint_file, load_research_config, load_state_dict, logger
 
-# SOURCE name -> (research repository, state-dict converter, model class)
+
+def _masked_mixer_checkpoint(file, source: str, research_config: dict):
+    return masked_mixer.convert_masked_mixer_state_dict(load_state_dict(file), source, research_config)
+
+
+# SOURCE name -> (research repository, checkpoint converter, model class). A checkpoint converter reads the file and
+# returns (config, state dict of the model class, notes).
 SOURCES = {
-    name: ("blbadger/maskedmixers", masked_mixer.convert_masked_mixer_state_dict, MaskedMixerForCausalLM)
-    for name in masked_mixer.SOURCES
+    **{name: ("blbadger/maskedmixers", _masked_mixer_checkpoint, MaskedMixerForCausalLM)
+       for name in masked_mixer.SOURCES},
+    **{name: ("facebookresearch/MemoryMosaics", memory_mosaics.convert_memory_mosaics_checkpoint,
+              MemoryMosaicsForCausalLM) for name in memory_mosaics.SOURCES},
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,10 +47,10 @@ def convert(
         raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
-    repository, convert_state_dict, model_class = SOURCES[source]
+    repository, convert_checkpoint, model_class = SOURCES[source]
     research_config = config if isinstance(config, dict) else load_research_config(config)
     weights_file = find_checkpoint_file(checkpoint)
-    model_config, state_dict, notes = convert_state_dict(load_state_dict(weights_file), source, research_config)
+    model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
 
     tok = None
     if tokenizer is not None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 logger = logging.getLogger("memory_zoo.conversion")
 
 # File names a research run may leave its weights under, in order of preference.
-CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt")
 # Wrappers that prefix parameter names: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -39,26 +40,37 @@ def find_checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load research weights (safetensors, or a pickled state dict with ``weights_only=True``) on the CPU."""
+def load_checkpoint(path: str | os.PathLike) -> object:
+    """Read a research checkpoint file (safetensors, or a pickle through ``torch.load(weights_only=True)``) on the CPU.
+
+    A pickle that needs anything beyond tensors and plain containers/numbers/strings is refused: unpickling it could
+    run arbitrary code, and converting a checkpoint never needs that.
+    """
     file = find_checkpoint_file(path)
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state_dict = load_file(str(file), device="cpu")
-        else:
-            state_dict = torch.load(file, map_location="cpu", weights_only=True)
+            return load_file(str(file), device="cpu")
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error).lower() or "weights only" in str(error).lower():
+            raise ConversionError(
+                f"Refusing to read {file}: it pickles objects other than tensors and plain Python values, and loading "
+                "those could run code from the file. Re-save it from the research environment as "
+                "{'model': model.state_dict(), 'model_args': vars(args)} (or as safetensors) and convert that. "
+                f"(torch said: {str(error).splitlines()[0]})"
+            ) from None
+        raise ConversionError(f"Could not read {file}: {error}. The file is damaged or not a checkpoint.") from error
     except Exception as error:  # safetensors and torch raise many types for damaged files
         raise ConversionError(
             f"Could not read {file}: {type(error).__name__}: {error}. The file is damaged or not a checkpoint; "
             "copy it again from the training run."
         ) from error
-    for wrapper in ("state_dict", "model"):  # {"model": state_dict} style training checkpoints
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ConversionError(f"{file} does not hold a flat state dict of tensors.")
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) key prefixes."""
     cleaned = {}
     for key, tensor in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:
@@ -66,6 +78,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 key = key[len(prefix):]
         cleaned[key] = tensor
     return cleaned
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load research weights (safetensors, or a pickled state dict with ``weights_only=True``) on the CPU."""
+    file = find_checkpoint_file(path)
+    state_dict = load_checkpoint(file)
+    for wrapper in ("state_dict", "model"):  # {"model": state_dict} style training checkpoints
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ConversionError(f"{file} does not hold a flat state dict of tensors.")
+    return strip_wrapper_prefixes(state_dict)
 
 
 def load_research_config(path: str | os.PathLike | None) -> dict:

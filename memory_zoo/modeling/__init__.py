@@ -7,6 +7,13 @@ from .modeling_masked_mixer import (
     MaskedMixerModel,
     MaskedMixerPreTrainedModel,
 )
+from .modeling_memory_mosaics import (
+    MemoryMosaicsCache,
+    MemoryMosaicsCacheLayer,
+    MemoryMosaicsForCausalLM,
+    MemoryMosaicsModel,
+    MemoryMosaicsPreTrainedModel,
+)
 from .zoo_common import CheckpointMismatchError, ZooPreTrainedModel, export_remote_code
 
 __all__ = [
@@ -16,6 +23,11 @@ __all__ = [
     "MaskedMixerForCausalLM",
     "MaskedMixerModel",
     "MaskedMixerPreTrainedModel",
+    "MemoryMosaicsCache",
+    "MemoryMosaicsCacheLayer",
+    "MemoryMosaicsForCausalLM",
+    "MemoryMosaicsModel",
+    "MemoryMosaicsPreTrainedModel",
     "ZooPreTrainedModel",
     "export_remote_code",
 ]

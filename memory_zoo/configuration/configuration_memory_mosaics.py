@@ -1,0 +1,206 @@
+"""Configuration of Memory Mosaics (Zhang et al., "Memory Mosaics", arXiv 2405.06394)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+FEATURE_EXTRACTORS = ("linearconv", "lowrlinearconv")
+LONG_CONTEXT_MODES = ("extend", "crop")
+
+
+class MemoryMosaicsConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MemoryMosaicsModel`] / [`MemoryMosaicsForCausalLM`].
+
+    A Memory Mosaic is a stack of associative memories. Every block has an in-context memory (kernel regression over
+    the past: keys are leaky averages of the inputs, values look `value_shift` tokens ahead) and a persistent memory
+    (the same key against `pmem_count` learned tables of `pmem_size` key/value pairs), in place of attention and
+    MLP. There are no positional embeddings: order enters only through the leaky averages and the value look-ahead.
+
+    ```
+    x = x + InContextMemory(LayerNorm_1(x))          # pre_layernorm=True; post-LN: x = LN(x); x = x + f(x)
+    x = x + PersistentMemory(LayerNorm_2(x))         # absent when attn_only=True
+    logits = lm_head(LayerNorm_out(x)) / sqrt(hidden_size)          # the scale only when scale_logits=True
+    ```
+    Per memory, with `s = 10` scaling every per-head scalar parameter:
+    ```
+    key_t   = normalize(sum_{u<=t} exp(-s|leaky_key_beta| (t-u)) f_u) * exp(min(s * kernel_beta, 5))^p
+    value_t = normalize(g(x_t, x_{t+value_shift})) * exp(s * value_beta)          (in-context memory only)
+    in-context:  out_t = sum_{u <= t - value_shift} softmax_u(<key_t, key_u>) value_u      (no 1/sqrt(d); 0 if empty)
+    persistent:  out_t = mean_i sum_j softmax_j(<key_t, K_i[j]>) V_i[j] * exp(s * value_beta)
+    ```
+    with `p = 1` in the in-context memory and `p = 2` in the persistent memory, `f` the key feature extractor and `g`
+    the value feature extractor.
+
+    Args:
+        vocab_size (`int`, defaults to 50304): token vocabulary (research: GPT-2's 50257 padded to a multiple of 64).
+        hidden_size (`int`, defaults to 768): model width `C` (research `n_embd`).
+        num_hidden_layers (`int`, defaults to 12): number of blocks (research `n_layer`).
+        num_attention_heads (`int`, defaults to 12): heads `H` of every associative memory (research `n_head`);
+            `hidden_size` must be divisible by it.
+        block_size (`int`, defaults to 512): the training context. No weight depends on it; it only matters for
+            `long_context="crop"`.
+        long_context (`str`, defaults to `"extend"`): what happens beyond `block_size` tokens.
+            `"extend"` — the model simply continues: its leaky averages and in-context memory keep every past token,
+            forward passes accept any length and cached generation costs one step per token. This is the natural
+            behaviour of a model without positional embeddings, and the default.
+            `"crop"` — the research code's behaviour: `generate` conditions every new token on the last `block_size`
+            tokens only (the cache is rebuilt from that window at each step once it is full, as the research code
+            re-runs its forward), and a forward pass over more than `block_size` tokens raises an error.
+        key_feature_extractor (`str`, defaults to `"linearconv"`): `"linearconv"` (a causal convolution over
+            `key_kernel_size` tokens, a plain `Linear` for size 1) or `"lowrlinearconv"` (a `Linear`; with no look-ahead
+            its two-tap interpolation is the identity). Research `k_fe_type`.
+        key_kernel_size (`int`, defaults to 1): width of the key convolution (research `k_kernel_size`; must be 2 for
+            `"lowrlinearconv"`).
+        value_feature_extractor (`str`, defaults to `"lowrlinearconv"`): research `v_fe_type`.
+            `"linearconv"`: a convolution over the window `[t - (value_kernel_size - 1 - value_shift), t + value_shift]`;
+            `"lowrlinearconv"`: `z = Linear(x)`, `value_t = (1 - coef_h) z_{t+value_shift} + coef_h z_t` per head.
+        value_kernel_size (`int`, defaults to 2): width of the value convolution (research `v_kernel_size`; must be 2
+            for `"lowrlinearconv"`).
+        value_shift (`int`, defaults to 1): how many tokens a value looks ahead; the in-context memory of token `t`
+            reads only values `u <= t - value_shift`, whose look-ahead has been seen (research `v_shift`).
+        pmem_size (`int`, defaults to 2688): key/value pairs per persistent memory table (research `pmem_size`).
+        pmem_count (`int`, defaults to 1): number of persistent memory tables, averaged (research `pmem_count`).
+        attn_only (`bool`, defaults to `False`): blocks without the persistent memory (and its LayerNorm).
+        pre_layernorm (`bool`, defaults to `True`): pre-LN blocks; `False` gives the research post-LN variant.
+        bias (`bool`, defaults to `False`): biases in the LayerNorms, feature extractors and output projections (the
+            LM head never has one).
+        scale_logits (`bool`, defaults to `True`): multiply the logits by `1 / sqrt(hidden_size)`, as the research
+            model does (it is part of the model: its checkpoints are only right with it).
+        skip_tokens (`int`, defaults to 0): the loss ignores the predictions made at the first `skip_tokens`
+            positions (research `skip_tokens`). Logits are still returned for every position.
+        attention_dropout (`float`, defaults to 0.05): dropout on the in-context and persistent memory read-out
+            probabilities (research `ic_dropout`; the research kernel ("eft") model skipped it in the in-context
+            memory, its pure-torch model did not — this is the latter).
+        hidden_dropout (`float`, defaults to 0.05): dropout after each output projection (research `hd_dropout`).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+        leaky_chunk_size (`int`, defaults to 64): chunk length of the pure-torch leaky average (memory grows with
+            `chunk ** 2 * heads`, time with `seq_len / chunk` sequential steps).
+        use_kernels (`bool`, defaults to `True`): on GPUs, compute the leaky averages with the Triton `leaky_average`
+            Hub kernel; wherever it cannot be loaded the pure-torch path runs, after one log line.
+        kernel_repo_id (`str`, defaults to `"memory-zoo/leaky-average"`): Hub kernel repository used where the copy
+            packaged with memory-zoo is not available (remote code).
+        kernel_revision (`str`, defaults to `"v1"`): branch, tag or commit of `kernel_repo_id`.
+        use_cache (`bool`, defaults to `True`): return a [`MemoryMosaicsCache`] for incremental decoding.
+        tie_word_embeddings (`bool`, defaults to `True`): share the input embedding and the LM head (research
+            `weight_tying`).
+        pad_token_id / bos_token_id / eos_token_id (`int`, *optional*): special token ids (research tokenizer: GPT-2,
+            `<|endoftext|>` = 50256).
+    """
+
+    model_type = "memory_mosaics"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {"n_embd": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers"}
+
+    def __init__(
+        self,
+        vocab_size: int = 50304,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        block_size: int = 512,
+        long_context: str = "extend",
+        key_feature_extractor: str = "linearconv",
+        key_kernel_size: int = 1,
+        value_feature_extractor: str = "lowrlinearconv",
+        value_kernel_size: int = 2,
+        value_shift: int = 1,
+        pmem_size: int = 2688,
+        pmem_count: int = 1,
+        attn_only: bool = False,
+        pre_layernorm: bool = True,
+        bias: bool = False,
+        scale_logits: bool = True,
+        skip_tokens: int = 0,
+        attention_dropout: float = 0.05,
+        hidden_dropout: float = 0.05,
+        layer_norm_eps: float = 1e-5,
+        leaky_chunk_size: int = 64,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "memory-zoo/leaky-average",
+        kernel_revision: str | None = "v1",
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.block_size = block_size
+        self.long_context = long_context
+        self.key_feature_extractor = key_feature_extractor
+        self.key_kernel_size = key_kernel_size
+        self.value_feature_extractor = value_feature_extractor
+        self.value_kernel_size = value_kernel_size
+        self.value_shift = value_shift
+        self.pmem_size = pmem_size
+        self.pmem_count = pmem_count
+        self.attn_only = attn_only
+        self.pre_layernorm = pre_layernorm
+        self.bias = bias
+        self.scale_logits = scale_logits
+        self.skip_tokens = skip_tokens
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.leaky_chunk_size = leaky_chunk_size
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self._check()
+        super().__init__(**kwargs)
+
+    def _check(self) -> None:
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "block_size",
+                    "key_kernel_size", "value_kernel_size", "pmem_size", "pmem_count", "leaky_chunk_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MemoryMosaicsConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("value_shift", "skip_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"MemoryMosaicsConfig.{name} must be a non-negative integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}): every head owns hidden_size / num_attention_heads channels."
+            )
+        for role in ("key", "value"):
+            kind = getattr(self, f"{role}_feature_extractor")
+            if kind not in FEATURE_EXTRACTORS:
+                raise ValueError(
+                    f"MemoryMosaicsConfig.{role}_feature_extractor must be one of {FEATURE_EXTRACTORS}, got {kind!r}."
+                )
+            size = getattr(self, f"{role}_kernel_size")
+            if kind == "lowrlinearconv" and size != 2:
+                raise ValueError(
+                    f"{role}_feature_extractor='lowrlinearconv' is a two-tap interpolation: {role}_kernel_size must be "
+                    f"2, got {size}."
+                )
+        if self.long_context not in LONG_CONTEXT_MODES:
+            raise ValueError(
+                f"MemoryMosaicsConfig.long_context must be one of {LONG_CONTEXT_MODES}, got {self.long_context!r}: "
+                "'extend' keeps every past token, 'crop' reproduces the research generate() window of block_size."
+            )
+        for name in ("attention_dropout", "hidden_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"MemoryMosaicsConfig.{name} must be in [0, 1), got {value!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per head, `d = hidden_size / num_attention_heads`."""
+        return self.hidden_size // self.num_attention_heads
+
+
+__all__ = ["MemoryMosaicsConfig"]
