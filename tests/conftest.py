@@ -66,3 +66,37 @@ def tiny_model(seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     return MaskedMixerForCausalLM(tiny_config(**overrides)).eval()
+
+
+# Memory Mosaics options worth covering separately, as small as possible (4 heads of 4 channels).
+MOSAICS_VARIANTS = {
+    "default": {},
+    "linearconv_values": {"value_feature_extractor": "linearconv", "value_kernel_size": 3, "value_shift": 2,
+                          "bias": True, "pmem_count": 2, "tie_word_embeddings": False},
+    "lookahead_only_window": {"value_feature_extractor": "linearconv", "value_kernel_size": 2, "value_shift": 3,
+                              "key_kernel_size": 3},
+    "lowr_keys": {"key_feature_extractor": "lowrlinearconv", "key_kernel_size": 2, "value_shift": 2},
+    "post_ln_attn_only": {"pre_layernorm": False, "attn_only": True, "value_shift": 0},
+}
+
+
+def tiny_mosaics_config(vocab_size: int = 300, **overrides):
+    from memory_zoo import MemoryMosaicsConfig
+
+    settings = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, pmem_size=12,
+                    block_size=24, leaky_chunk_size=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    settings.update(overrides)
+    return MemoryMosaicsConfig(**settings)
+
+
+def tiny_mosaics(seed: int = 0, **overrides):
+    """A small random Memory Mosaics whose per-head scalars are spread out, so that every code path matters."""
+    from memory_zoo import MemoryMosaicsForCausalLM
+
+    torch.manual_seed(seed)
+    model = MemoryMosaicsForCausalLM(tiny_mosaics_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("_beta", "coef")):
+                parameter.add_(torch.rand_like(parameter).sub(0.5).mul(0.1))
+    return model

@@ -41,6 +41,19 @@ def test_packaged_kernel_loads_through_kernels_package():
         kernel.masked_mixing(torch.zeros(2, 3), torch.zeros(1, 1, 3, 4))
 
 
+def test_packaged_leaky_average_loads_and_validates_shapes():
+    kernel = load_hub_kernel("leaky_average")
+    assert kernel is not None and callable(kernel.leaky_average)
+    with pytest.raises(ValueError, match=r"expects x \[B, T, H, D\] and decay \[H\], got \(2, 3, 4\)"):
+        kernel.leaky_average(torch.zeros(2, 3, 4), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"expects x \[B, T, H, D\] and decay \[H\]"):
+        kernel.leaky_average(torch.zeros(2, 3, 4, 5), torch.zeros(5))
+    with pytest.raises(ValueError, match=r"initial_state must be \[B, H, D\] = \(2, 4, 5\)"):
+        kernel.leaky_average(torch.zeros(2, 3, 4, 5), torch.zeros(4), torch.zeros(2, 5, 4))
+    with pytest.raises(ValueError, match="expects x in"):
+        kernel.leaky_average(torch.zeros(2, 3, 4, 5, dtype=torch.float64), torch.zeros(4))
+
+
 def test_unloadable_kernel_falls_back_with_one_log_line(caplog, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with caplog.at_level(logging.INFO, logger="memory_zoo.kernels"):
@@ -55,11 +68,19 @@ def test_cpu_tensors_use_the_pure_torch_path(monkeypatch):
     assert kernel_for(torch.zeros(1), "masked_mixing", None, None) is None
 
 
-def test_triton_kernel_matches_reference_in_interpreter():
+INTERPRETER_TESTS = sorted(TESTS.glob("interpret_*.py"))
+
+
+def test_every_kernel_has_an_interpreter_test():
+    assert {path.name for path in INTERPRETER_TESTS} >= {f"interpret_{d.name}.py" for d in kernel_dirs()}
+
+
+@pytest.mark.parametrize("test_file", INTERPRETER_TESTS, ids=lambda path: path.stem)
+def test_triton_kernel_matches_reference_in_interpreter(test_file):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "interpret_masked_mixing.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
         capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

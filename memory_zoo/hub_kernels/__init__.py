@@ -7,6 +7,7 @@ loads. `python -m memory_zoo.hub_kernels.build` regenerates the published trees 
 | kernel | used by | what it computes |
 |---|---|---|
 | `masked_mixing` | Masked Mixer | `tril(W, diagonal=offset) @ U (+ bias)`, skipping the masked half; forward and backward |
+| `leaky_average` | Memory Mosaics | causal leaky sum `y_t = exp(-beta_h) y_{t-1} + x_t` with an initial state, float32 accumulation; exact forward and backward |
 """
 
 from .zoo_kernels import kernel_for, kernel_runs_on, load_hub_kernel

@@ -203,11 +203,14 @@ class MemoryMosaicsFeatureExtractor(nn.Module):
         return ahead * (1 - coef) + z * coef
 
 
-def _normalize(features: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """L2-normalise the last dim without epsilon (research numerics); padded rows become ones first, so never 0/0."""
-    if valid is not None:
-        features = features.masked_fill(~valid[..., None, None], 1.0)
-    return features / features.norm(dim=-1, keepdim=True)
+def _normalize(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dim without epsilon (research numerics), except that an all-zero vector stays zero.
+
+    Zero vectors only arise where nothing real was seen (padding, or a value window that lies entirely beyond the
+    sequence); the research code turned them into NaNs that spread through the attention product.
+    """
+    norm = features.norm(dim=-1, keepdim=True)
+    return features / torch.where(norm == 0, torch.ones_like(norm), norm)
 
 
 class MemoryMosaicsAssociativeMemory(nn.Module):
@@ -250,7 +253,7 @@ class MemoryMosaicsAssociativeMemory(nn.Module):
                                     states.get(f"{self.name}_leaky"))
         temperature = torch.exp(torch.clamp(self.kernel_beta * PARAM_SCALE, max=KERNEL_BETA_MAX))
         temperature = temperature**self.key_temperature_power
-        keys = _normalize(summed, valid) * temperature[:, None].to(summed.dtype)
+        keys = _normalize(summed) * temperature[:, None].to(summed.dtype)
         if cache is not None:
             cache[f"{self.name}_leaky"] = final
         return keys.transpose(1, 2)
@@ -312,7 +315,7 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         if stop > first:
             features = self.value_features(window, step.valid_span(start, past + length))[:, first - start:stop - start]
             features = features.reshape(batch, stop - first, self.num_heads, self.head_dim)
-            values = _normalize(features, step.valid_span(first, stop)).transpose(1, 2)
+            values = _normalize(features).transpose(1, 2)
 
         all_keys, all_values = keys, values
         if cache_layer is not None:
