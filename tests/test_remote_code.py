@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VARIANTS, tiny_model
+from conftest import MOSAICS_VARIANTS, VARIANTS, tiny_model, tiny_mosaics, train_tokenizer
 from safetensors.torch import save_file
 
 import memory_zoo
@@ -33,28 +33,60 @@ def run_probe(model_dir: Path, tmp_path: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("variant", ["plain", "multihead"])
-def test_saved_model_loads_without_the_package(variant, tmp_path, tokenizer):
-    model = tiny_model(vocab_size=len(tokenizer), **VARIANTS[variant])
+def converted_research_checkpoint(tmp_path: Path):
+    """The eft-layout, untied, biased research fixture converted from a ckpt.pt, and the research logits."""
+    from test_memory_mosaics_conversion import fixture, write_checkpoint
+
+    from memory_zoo.conversion import convert
+
+    state_dict, model_args, expected = fixture("linearconv_bias")
+    model = convert("memory-mosaics", write_checkpoint(tmp_path / "run" / "ckpt.pt", state_dict, model_args),
+                    tmp_path / "converted")
+    return model, expected["input_ids"], expected["logits"]
+
+
+CASES = {
+    "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
+    "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),
+    "memory_mosaics-random": ("memory_mosaics", lambda tok, _: tiny_mosaics(vocab_size=len(tok),
+                                                                         **MOSAICS_VARIANTS["lowr_keys"])),
+    "memory_mosaics-converted_research": ("memory_mosaics", lambda _, tmp: converted_research_checkpoint(tmp)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_saved_model_loads_without_the_package(case, tmp_path):
+    architecture, build = CASES[case]
+    tokenizer = train_tokenizer(vocab_size=90)  # below the 96-token vocabulary of the Memory Mosaics fixtures
+    built = build(tokenizer, tmp_path)
+    model, input_ids, reference = built if isinstance(built, tuple) else (built, None, None)
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    input_ids = tokenizer("The quick brown fox jumps", return_tensors="pt")["input_ids"]
+    if input_ids is None:
+        input_ids = tokenizer("The quick brown fox jumps", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        save_file({"input_ids": input_ids, "logits": model(input_ids).logits,
-                   "hidden": model.model(input_ids).last_hidden_state}, str(model_dir / "probe.safetensors"))
+        logits = model(input_ids).logits
+        save_file({"input_ids": input_ids, "logits": logits, "hidden": model.model(input_ids).last_hidden_state},
+                  str(model_dir / "probe.safetensors"))
+    if reference is not None:  # the converted checkpoint matches the research code before it travels
+        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0)
 
     report = run_probe(model_dir, tmp_path)
     assert report["blocked"]
-    assert report["model_module"].startswith("transformers_modules.") and report["model_module"].endswith(
-        ".modeling_masked_mixer")
-    assert report["config_class"] == "MaskedMixerConfig" and report["base_class"] == "MaskedMixerModel"
+    assert report["model_module"].startswith("transformers_modules.")
+    assert report["model_module"].endswith(f".modeling_{architecture}")
+    prefix = "".join(part.title() for part in architecture.split("_"))
+    assert report["config_class"] == f"{prefix}Config" and report["base_class"] == f"{prefix}Model"
     assert report["logits_max_diff"] == 0.0 and report["hidden_max_diff"] == 0.0
     assert report["cached_equals_uncached"]
     assert report["pipeline_text"].startswith("The quick")
     assert report["resaved_max_diff"] == 0.0
     # the folder re-saved by the remote-code model carries the same code files
-    for name in ("configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_kernels.py"):
+    code = sorted(p.name for p in model_dir.glob("*.py"))
+    assert code == [f"configuration_{architecture}.py", f"modeling_{architecture}.py", "zoo_common.py",
+                    "zoo_kernels.py"]
+    for name in code:
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
 

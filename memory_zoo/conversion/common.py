@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,14 +55,15 @@ def load_checkpoint(path: str | os.PathLike) -> object:
             return load_file(str(file), device="cpu")
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error).lower() or "weights only" in str(error).lower():
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:
             raise ConversionError(
-                f"Refusing to read {file}: it pickles objects other than tensors and plain Python values, and loading "
-                "those could run code from the file. Re-save it from the research environment as "
-                "{'model': model.state_dict(), 'model_args': vars(args)} (or as safetensors) and convert that. "
-                f"(torch said: {str(error).splitlines()[0]})"
+                f"Refusing to read {file}: it pickles {found[1]}, not only tensors and plain Python values, and loading "
+                "it could run code from the file. Re-save it from the research environment as "
+                "{'model': model.state_dict(), 'model_args': vars(args)} (or as safetensors) and convert that."
             ) from None
-        raise ConversionError(f"Could not read {file}: {error}. The file is damaged or not a checkpoint.") from error
+        raise ConversionError(f"Could not read {file}: the file is damaged or not a checkpoint (torch could not "
+                              "unpickle it); copy it again from the training run.") from None
     except Exception as error:  # safetensors and torch raise many types for damaged files
         raise ConversionError(
             f"Could not read {file}: {type(error).__name__}: {error}. The file is damaged or not a checkpoint; "
