@@ -1,9 +1,10 @@
-"""Quickstart: train a tiny Masked Mixer from scratch on CPU, save it, reload it and generate text.
+"""Quickstart: train a tiny memory model (Masked Mixer by default) from scratch on CPU, save, reload, generate.
 
 What it shows, end to end and fully offline (nothing is downloaded):
 
 1. a byte-level BPE tokenizer trained with `tokenizers` and wrapped as a `transformers.PreTrainedTokenizerFast`;
-2. a tiny `MaskedMixerConfig` / `MaskedMixerForCausalLM` trained with a plain PyTorch AdamW loop
+2. a tiny `MaskedMixerConfig` / `MaskedMixerForCausalLM` (or, with `--architecture memory-mosaics`, a
+   `MemoryMosaicsConfig` / `MemoryMosaicsForCausalLM`) trained with a plain PyTorch AdamW loop
    (`model(input_ids=..., labels=...)` returns the next-token loss), with the loss on fixed training windows
    and on a held-out slice of the text (the last 10%, never trained on) measured before and after training;
 3. `save_pretrained` of model and tokenizer, which also writes the model's code next to the weights, so the
@@ -15,7 +16,8 @@ What it shows, end to end and fully offline (nothing is downloaded):
 
 A Masked Mixer has no positional embeddings: its token mixing is a learned `L x L` lower-triangular matrix per
 block, so the context length `L = max_position_embeddings` is fixed. Inputs may be shorter than `L`, never
-longer, and prompt length + `max_new_tokens` must stay <= `L` when generating.
+longer, and prompt length + `max_new_tokens` must stay <= `L` when generating. A Memory Mosaic has no such limit:
+`--context-length` is only its training window (`block_size`); its memories keep every past token when generating.
 
 The default corpus is a dozen of Shakespeare's sonnets (public domain, about 7 KB) embedded in this file, so the
 script runs anywhere. That is far too little text to generalise from: the model memorises it (the training loss
@@ -24,12 +26,13 @@ first few dozen steps. Use `--text PATH` with a bigger plain-text file (for exam
 held-out loss fall as well.
 
 Flags:
+    --architecture A     masked-mixer (default) or memory-mosaics
     --text PATH          plain UTF-8 text to train on (default: the embedded sonnets)
     --steps N            optimisation steps (default 600: the whole script takes ~25 s on 2 idle CPU cores)
     --seed N             seed of initialisation, batch sampling and the train/eval windows (default 0)
-    --output-dir DIR     where model and tokenizer are saved (default outputs/quickstart-mixer)
+    --output-dir DIR     where model and tokenizer are saved (default outputs/quickstart-<architecture>)
     --vocab-size N       BPE vocabulary size, special tokens included (default 512)
-    --context-length L   the model's fixed context length (default 64)
+    --context-length L   the training window; the Masked Mixer's fixed context length (default 64)
     --batch-size N       windows per step (default 16)
     --lr LR              AdamW peak learning rate (default 3e-3, linear warm-up then cosine decay)
     --prompt TEXT        prompt of the generated sample (default "Shall I compare thee")
@@ -56,7 +59,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
-from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM
+from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 HELD_OUT_FRACTION = 0.1  # the last 10% of the text (cut at a line break) is never trained on
@@ -269,15 +272,17 @@ class Corpus:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train a tiny Masked Mixer on CPU, save it, reload it and generate text (offline).",
+        description="Train a tiny memory model on CPU, save it, reload it and generate text (offline).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--architecture", choices=["masked-mixer", "memory-mosaics"], default="masked-mixer",
+                        help="which memory-zoo architecture to train")
     parser.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: embedded sonnets)")
     parser.add_argument("--steps", type=int, default=600, help="optimisation steps")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/quickstart-mixer"), help="save folder")
+    parser.add_argument("--output-dir", type=Path, default=None, help="save folder (outputs/quickstart-<arch>)")
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (special tokens included)")
-    parser.add_argument("--context-length", type=int, default=64, help="fixed context length L of the model")
+    parser.add_argument("--context-length", type=int, default=64, help="training window (the mixer's fixed L)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per optimisation step")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate")
     parser.add_argument("--prompt", default="Shall I compare thee", help="prompt of the generated sample")
@@ -290,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--context-length must be at least 2 (one input and one target token).")
     if args.vocab_size <= 256 + len(SPECIAL_TOKENS):
         parser.error(f"--vocab-size must exceed {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens).")
+    if args.output_dir is None:
+        args.output_dir = Path("outputs") / f"quickstart-{args.architecture}"
     if args.text is not None and not args.text.is_file():
         parser.error(f"--text {args.text}: no such file (pass a plain UTF-8 text file, or omit --text).")
     return args
@@ -328,8 +335,24 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, context_length: int) -> MaskedMixerForCausalLM:
-    """A tiny mixer: 4 blocks of width 128 (about 0.68M parameters at L = 64, vocabulary 512)."""
+def build_model(tokenizer: PreTrainedTokenizerFast, context_length: int, architecture: str = "masked-mixer"):
+    """A tiny model: a mixer of 4 blocks of width 128 (about 0.68M parameters at L = 64, vocabulary 512), or a
+    Memory Mosaic of 4 blocks of width 128 with 4 heads and 256-slot persistent memories (about 0.66M parameters)."""
+    if architecture == "memory-mosaics":
+        config = MemoryMosaicsConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            pmem_size=256,
+            block_size=context_length,
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return MemoryMosaicsForCausalLM(config)
     config = MaskedMixerConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -359,7 +382,7 @@ def sample_batch(tokens: torch.Tensor, length: int, batch_size: int, generator: 
 
 
 @torch.no_grad()
-def mean_loss(model: MaskedMixerForCausalLM, windows: torch.Tensor, batch_size: int = 64) -> float:
+def mean_loss(model, windows: torch.Tensor, batch_size: int = 64) -> float:
     """Mean next-token loss (nats per token) over `windows [N, T]`."""
     model.eval()
     total = 0.0
@@ -370,15 +393,15 @@ def mean_loss(model: MaskedMixerForCausalLM, windows: torch.Tensor, batch_size: 
 
 
 def train(
-    model: MaskedMixerForCausalLM,
+    model,
     tokens: torch.Tensor,
+    length: int,
     steps: int,
     batch_size: int,
     lr: float,
     generator: torch.Generator,
 ) -> None:
-    """Plain AdamW loop: linear warm-up over 10% of the steps, then cosine decay to 10% of `lr`."""
-    length = model.config.max_position_embeddings
+    """Plain AdamW loop on windows of `length` tokens: linear warm-up over 10% of the steps, then cosine decay."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 10)
 
@@ -411,11 +434,11 @@ def generate_sample(output_dir: Path, prompt: str, max_new_tokens: int) -> None:
     model.eval()
     print(f"reloaded {type(model).__name__} (code: {type(model).__module__}) and {type(tokenizer).__name__}")
 
-    context = model.config.max_position_embeddings
+    context = getattr(model.config, "max_position_embeddings", None)  # a Memory Mosaic has no hard limit
     prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if prompt_ids.shape[1] >= context:
+    if context is not None and prompt_ids.shape[1] >= context:
         raise SystemExit(f"The prompt is {prompt_ids.shape[1]} tokens; this mixer's context is {context}. Shorten it.")
-    new_tokens = min(max_new_tokens, context - prompt_ids.shape[1])  # the context is a hard limit
+    new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - prompt_ids.shape[1])
     if new_tokens < max_new_tokens:
         print(f"max_new_tokens capped to {new_tokens}: prompt ({prompt_ids.shape[1]}) + new tokens must fit L = {context}")
 
@@ -449,9 +472,10 @@ def main(argv: list[str] | None = None) -> None:
           f"tokenizer: byte-level BPE, {len(tokenizer)} tokens; "
           f"{len(train_tokens):,} training / {len(held_out_tokens):,} held-out tokens")
 
-    model = build_model(tokenizer, length)
-    print(f"model: MaskedMixerForCausalLM, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"hidden {model.config.hidden_size}, {model.config.num_hidden_layers} blocks, fixed context L = {length}")
+    model = build_model(tokenizer, length, args.architecture)
+    window = "fixed context L" if args.architecture == "masked-mixer" else "training window"
+    print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"hidden {model.config.hidden_size}, {model.config.num_hidden_layers} blocks, {window} = {length}")
 
     held_out = eval_windows(held_out_tokens, length, generator)
     train_fixed = eval_windows(train_tokens, length, generator)
@@ -460,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(uniform guess: ln {len(tokenizer)} = {math.log(len(tokenizer)):.3f})")
 
     train_started = time.perf_counter()
-    train(model, train_tokens, args.steps, args.batch_size, args.lr, generator)
+    train(model, train_tokens, length, args.steps, args.batch_size, args.lr, generator)
     train_seconds = time.perf_counter() - train_started
     after = mean_loss(model, held_out), mean_loss(model, train_fixed)
     print(f"after training:  held-out loss {after[0]:.3f}, train loss {after[1]:.3f}")

@@ -245,7 +245,7 @@ def test_training_step_with_dropout_and_gradient_checkpointing():
     input_ids = torch.randint(3, 300, (2, 12))
     loss = model(input_ids, labels=input_ids).loss
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     loss_ckpt = model(input_ids, labels=input_ids).loss
     grads_ckpt = torch.autograd.grad(loss_ckpt, list(model.parameters()))
     torch.testing.assert_close(loss_ckpt, loss)

@@ -434,7 +434,6 @@ class MemoryMosaicsPreTrainedModel(ZooPreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MemoryMosaicsBlock"]
     _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
     _auto_map_classes = {"AutoModel": "MemoryMosaicsModel", "AutoModelForCausalLM": "MemoryMosaicsForCausalLM"}
 
     def _init_weights(self, module: nn.Module) -> None:
