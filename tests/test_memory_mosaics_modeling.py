@@ -304,3 +304,19 @@ def test_half_precision_forward_and_decoding_are_finite():
     assert full.dtype == torch.bfloat16 and torch.isfinite(full).all()
     logits, _ = decode_in_pieces(model, input_ids, [4] + [1] * 16)
     torch.testing.assert_close(logits.float(), full.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_without_a_usable_kernel_the_model_falls_back_after_one_log_line(caplog, monkeypatch):
+    import logging
+
+    from memory_zoo.hub_kernels import zoo_kernels
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(zoo_kernels, "_FALLBACK_LOGGED", set())
+    model, reference = tiny_mosaics(), tiny_mosaics(use_kernels=False)
+    input_ids = torch.randint(3, 300, (1, 9))
+    with caplog.at_level(logging.INFO, logger="memory_zoo.kernels"):
+        for _ in range(3):
+            torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits, atol=0, rtol=0)
+    lines = [r.getMessage() for r in caplog.records if "leaky_average" in r.getMessage()]
+    assert lines == ["memory-zoo: leaky_average kernel not used (tensors on cpu); running the pure-torch path."]
