@@ -85,7 +85,7 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
     # the folder re-saved by the remote-code model carries the same code files
     code = sorted(p.name for p in model_dir.glob("*.py"))
     assert code == [f"configuration_{architecture}.py", f"modeling_{architecture}.py", "zoo_common.py",
-                    "zoo_kernels.py"]
+                    "zoo_config.py", "zoo_kernels.py"]
     for name in code:
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
@@ -99,7 +99,7 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
         "AutoModelForCausalLM": "modeling_masked_mixer.MaskedMixerForCausalLM",
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
-        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_kernels.py"]
+        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_config.py", "zoo_kernels.py"]
 
 
 def test_exported_files_are_the_package_sources_with_only_imports_rewritten(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
+from .zoo_config import check_integers
+
 
 class MaskedMixerConfig(PretrainedConfig):
     r"""
@@ -119,11 +121,8 @@ class MaskedMixerConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     def _check(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
-                     "intermediate_size", "num_mixing_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MaskedMixerConfig.{name} must be a positive integer, got {value!r}.")
+        check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
+                              "intermediate_size", "num_mixing_heads"))
         if self.mixing_head_dim is not None and (not isinstance(self.mixing_head_dim, int) or self.mixing_head_dim < 1):
             raise ValueError(f"MaskedMixerConfig.mixing_head_dim must be a positive integer or None, "
                              f"got {self.mixing_head_dim!r}.")

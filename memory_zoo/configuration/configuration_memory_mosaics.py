@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .zoo_config import check_integers
+
 FEATURE_EXTRACTORS = ("linearconv", "lowrlinearconv")
 LONG_CONTEXT_MODES = ("extend", "crop")
 
@@ -160,16 +162,9 @@ class MemoryMosaicsConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     def _check(self) -> None:
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "block_size",
-                    "key_kernel_size", "value_kernel_size", "pmem_size", "pmem_count", "leaky_chunk_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MemoryMosaicsConfig.{name} must be a positive integer, got {value!r}.")
-        for name in ("value_shift", "skip_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"MemoryMosaicsConfig.{name} must be a non-negative integer, got {value!r}.")
+        check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "block_size",
+                              "key_kernel_size", "value_kernel_size", "pmem_size", "pmem_count", "leaky_chunk_size"))
+        check_integers(self, ("value_shift", "skip_tokens"), minimum=0)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

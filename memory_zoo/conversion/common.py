@@ -137,6 +137,29 @@ def take(state_dict: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     return state_dict.pop(key)
 
 
+class TensorMapper:
+    """Moves tensors from a research state dict (``source``, emptied as it goes) to ours (``target``).
+
+    Whatever is left in ``source`` at the end was not understood, and a converter reports it.
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        self.source = dict(state_dict)
+        self.target: dict[str, torch.Tensor] = {}
+
+    def move(self, old: str, new: str) -> torch.Tensor:
+        tensor = take(self.source, old)
+        self.target[new] = tensor
+        return tensor
+
+    def move_optional(self, old: str, new: str) -> bool:
+        """Move ``old`` if the checkpoint has it (e.g. a bias); returns whether it did."""
+        if old not in self.source:
+            return False
+        self.move(old, new)
+        return True
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -24,7 +24,7 @@ import re
 import torch
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
-from .common import ConversionError, reconcile, take, warn_unknown_keys
+from .common import ConversionError, TensorMapper, reconcile, take, warn_unknown_keys
 
 SOURCES = ("masked-mixer", "multiheaded-mixer", "multiconv-mixer")
 
@@ -56,19 +56,6 @@ def _block_indices(state_dict: dict[str, torch.Tensor]) -> list[int]:
     return indices
 
 
-class _Mapper:
-    """Moves tensors from the research state dict (``source``, emptied as it goes) to ours (``target``)."""
-
-    def __init__(self, state_dict: dict[str, torch.Tensor]):
-        self.source = dict(state_dict)
-        self.target: dict[str, torch.Tensor] = {}
-
-    def move(self, old: str, new: str) -> torch.Tensor:
-        tensor = take(self.source, old)
-        self.target[new] = tensor
-        return tensor
-
-
 def convert_masked_mixer_state_dict(
     state_dict: dict[str, torch.Tensor], source: str, research_config: dict | None = None
 ) -> tuple[MaskedMixerConfig, dict[str, torch.Tensor], list[str]]:
@@ -81,7 +68,7 @@ def convert_masked_mixer_state_dict(
     research_config = dict(research_config or {})
     warn_unknown_keys(research_config, RESEARCH_NAMES, source)
     notes: list[str] = []
-    mapper = _Mapper(state_dict)
+    mapper = TensorMapper(state_dict)
     blocks = _block_indices(state_dict)
 
     embed = mapper.move("wte.weight", "model.embed_tokens.weight")
@@ -152,7 +139,7 @@ def convert_masked_mixer_state_dict(
     return config, mapper.target, notes
 
 
-def _mixing(mapper: _Mapper, weight_key: str, bias_key: str, rows: int | None = None,
+def _mixing(mapper: TensorMapper, weight_key: str, bias_key: str, rows: int | None = None,
             cols: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Take one research mixing conv as a masked ``[L, L]`` matrix and its ``[L]`` bias (None without one)."""
     weight = _mixing_matrix(take(mapper.source, weight_key), weight_key)
@@ -163,7 +150,7 @@ def _mixing(mapper: _Mapper, weight_key: str, bias_key: str, rows: int | None = 
     return torch.tril(weight), bias
 
 
-def _store_mixing(mapper: _Mapper, target: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> dict:
+def _store_mixing(mapper: TensorMapper, target: str, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> dict:
     """Store per-head matrices as one ``MaskedMixerPositionMixing`` (``[H, L, L]`` weight, ``[H, L]`` bias)."""
     mapper.target[target + ".weight"] = torch.stack(weights).contiguous()
     if biases[0] is not None:
@@ -171,7 +158,7 @@ def _store_mixing(mapper: _Mapper, target: str, weights: list[torch.Tensor], bia
     return {"length": weights[0].shape[0], "mixing_bias": biases[0] is not None}
 
 
-def _convert_plain_block(mapper: _Mapper, old: str, new: str, research_config: dict) -> dict:
+def _convert_plain_block(mapper: TensorMapper, old: str, new: str, research_config: dict) -> dict:
     if old + "conv.weight" in mapper.source:
         reconcile(research_config, ["expand_conv"], False, "flat token mixing (conv.weight)")
         weight, bias = _mixing(mapper, old + "conv.weight", old + "conv.bias")
@@ -192,14 +179,14 @@ def _convert_plain_block(mapper: _Mapper, old: str, new: str, research_config: d
                           "for checkpoints with `mixerhead.` keys use SOURCE multiheaded-mixer or multiconv-mixer.")
 
 
-def _head_count(mapper: _Mapper, old: str) -> int:
+def _head_count(mapper: TensorMapper, old: str) -> int:
     heads = {int(m.group(1)) for key in mapper.source if (m := re.match(re.escape(old) + r"mixerhead\.convs\.(\d+)\.", key))}
     if not heads:
         raise ConversionError(f"No {old}mixerhead.convs.* tensors; for a flat mixer use SOURCE masked-mixer.")
     return len(heads)
 
 
-def _convert_last_head_block(mapper: _Mapper, old: str, new: str, research_config: dict, hidden: int,
+def _convert_last_head_block(mapper: TensorMapper, old: str, new: str, research_config: dict, hidden: int,
                              softmax: bool) -> dict:
     heads = _head_count(mapper, old)
     reconcile(research_config, ["n_heads", "heads"], heads, "number of heads (mixerhead.convs.*)")
@@ -224,7 +211,7 @@ def _convert_last_head_block(mapper: _Mapper, old: str, new: str, research_confi
     return {**settings, "mixing_out_proj": True, "mixing_softmax": softmax}
 
 
-def _convert_multiconv_block(mapper: _Mapper, old: str, new: str, research_config: dict, hidden: int) -> dict:
+def _convert_multiconv_block(mapper: TensorMapper, old: str, new: str, research_config: dict, hidden: int) -> dict:
     heads = _head_count(mapper, old)
     out_in = mapper.source[old + "mixerhead.out_proj.weight"].shape[1]
     head_class = research_config.get("mixer_head", "OldMixerHead" if heads > 1 and out_in == heads * hidden else "MixerHead")

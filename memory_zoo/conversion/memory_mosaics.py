@@ -24,7 +24,15 @@ import re
 import torch
 
 from ..configuration.configuration_memory_mosaics import MemoryMosaicsConfig
-from .common import ConversionError, load_checkpoint, reconcile, strip_wrapper_prefixes, take, warn_unknown_keys
+from .common import (
+    ConversionError,
+    TensorMapper,
+    load_checkpoint,
+    reconcile,
+    strip_wrapper_prefixes,
+    take,
+    warn_unknown_keys,
+)
 
 SOURCES = ("memory-mosaics",)
 
@@ -70,25 +78,6 @@ def convert_memory_mosaics_checkpoint(file, source: str, research_config: dict |
     return convert_memory_mosaics_state_dict(state_dict, source, {**model_args, **(research_config or {})})
 
 
-class _Mapper:
-    """Moves tensors from the research state dict (``source``, emptied as it goes) to ours (``target``)."""
-
-    def __init__(self, state_dict: dict[str, torch.Tensor]):
-        self.source = dict(state_dict)
-        self.target: dict[str, torch.Tensor] = {}
-
-    def move(self, old: str, new: str) -> torch.Tensor:
-        tensor = take(self.source, old)
-        self.target[new] = tensor
-        return tensor
-
-    def move_optional(self, old: str, new: str) -> bool:
-        if old not in self.source:
-            return False
-        self.move(old, new)
-        return True
-
-
 def _conv_as_linear(weight: torch.Tensor, key: str, channels: int) -> torch.Tensor:
     """A research ``Conv1d(C, C, K)`` weight ``[C, C, K]`` as our window projection ``[C, K * C]`` (oldest first)."""
     if weight.dim() != 3 or weight.shape[:2] != (channels, channels):
@@ -97,7 +86,7 @@ def _conv_as_linear(weight: torch.Tensor, key: str, channels: int) -> torch.Tens
     return weight.permute(0, 2, 1).reshape(channels, -1).contiguous()
 
 
-def _features(mapper: _Mapper, old: str, new: str, channels: int, role: str) -> tuple[str, int]:
+def _features(mapper: TensorMapper, old: str, new: str, channels: int, role: str) -> tuple[str, int]:
     """Map one naive feature extractor; returns its (kind, kernel size)."""
     if old + "conv.weight" in mapper.source:
         weight = take(mapper.source, old + "conv.weight")
@@ -113,7 +102,7 @@ def _features(mapper: _Mapper, old: str, new: str, channels: int, role: str) -> 
                           "extractor found.")
 
 
-def _memory(mapper: _Mapper, old: str, new: str, channels: int, eft: bool) -> tuple[str, int]:
+def _memory(mapper: TensorMapper, old: str, new: str, channels: int, eft: bool) -> tuple[str, int]:
     """Map what both memories share (keys, temperatures, output projection); returns the key extractor."""
     for name in ("kernel_beta", "value_beta"):
         mapper.move(old + name, new + name)
@@ -169,7 +158,7 @@ def convert_memory_mosaics_state_dict(
         raise ConversionError("The checkpoint mixes the kernel (`leaky_average.*`) and pure-torch (`k_featurizer.*`) "
                               "key layouts; it was assembled from two models.")
     notes.append(f"key layout: {'kernel (eft) model' if eft else 'pure-torch (naive) model'}")
-    mapper = _Mapper(state_dict)
+    mapper = TensorMapper(state_dict)
 
     embed = mapper.move("emb.weight", "model.embed_tokens.weight")
     vocab_size = reconcile(args, ["vocab_size"], embed.shape[0], "vocabulary size (emb rows)")

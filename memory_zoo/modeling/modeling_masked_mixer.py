@@ -28,7 +28,7 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
 from ..hub_kernels.zoo_kernels import kernel_for
-from .zoo_common import ZooPreTrainedModel
+from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
 
 logger = logging.get_logger(__name__)
 
@@ -249,12 +249,6 @@ class MaskedMixerModel(MaskedMixerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
     def _positions(
         self, attention_mask: torch.Tensor | None, past: MaskedMixerCache | None, query_length: int
     ) -> MixingPositions:
@@ -302,28 +296,11 @@ class MaskedMixerModel(MaskedMixerPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}.")
-            inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
-        if self.gradient_checkpointing and self.training and use_cache:
-            use_cache = False
+        inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
+        past_key_values = resolve_cache(self, past_key_values, use_cache, MaskedMixerCache, "the mixer's state")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        if past_key_values is not None and not isinstance(past_key_values, MaskedMixerCache):
-            raise TypeError(
-                f"MaskedMixerModel needs a MaskedMixerCache, got {type(past_key_values).__name__}: a key/value cache "
-                "cannot hold the mixer's state. Pass past_key_values=None (a MaskedMixerCache is created) or reuse "
-                "the cache returned by a previous call."
-            )
-        if use_cache and past_key_values is None:
-            past_key_values = MaskedMixerCache(self.config)
-        if not use_cache:
-            past_key_values = None
 
         positions = self._positions(attention_mask, past_key_values, inputs_embeds.shape[1])
         hidden_states = inputs_embeds
@@ -347,18 +324,6 @@ class MaskedMixerForCausalLM(MaskedMixerPreTrainedModel, GenerationMixin):
         self.model = MaskedMixerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     @can_return_tuple
     def forward(
@@ -388,8 +353,7 @@ class MaskedMixerForCausalLM(MaskedMixerPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = self.lm_head(kept_positions(hidden_states, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

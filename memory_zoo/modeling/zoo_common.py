@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 # `from .x import y` / `from ..pkg.x import y`: the only imports of our own code a model file may use.
@@ -136,6 +138,45 @@ class ZooPreTrainedModel(PreTrainedModel):
             )
             raise CheckpointMismatchError("\n".join(lines))
         return (model, info) if want_info else model
+
+
+def embed_inputs(
+    embeddings: nn.Embedding, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None
+) -> torch.Tensor:
+    """`inputs_embeds`, or the embeddings of `input_ids [batch, seq_len]`; exactly one of them must be given."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    if inputs_embeds is not None:
+        return inputs_embeds
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}.")
+    return embeddings(input_ids)
+
+
+def resolve_cache(model: PreTrainedModel, past_key_values, use_cache: bool | None, cache_class: type, state: str):
+    """The cache a forward pass uses: `None` without caching, else `past_key_values` or a new `cache_class(config)`.
+
+    Caching is off during training with gradient checkpointing. A cache of another class is refused (`state` says
+    what it could not hold), since silently starting over would drop the model's memory.
+    """
+    use_cache = use_cache if use_cache is not None else model.config.use_cache
+    if getattr(model, "gradient_checkpointing", False) and model.training:
+        use_cache = False
+    if past_key_values is not None and not isinstance(past_key_values, cache_class):
+        raise TypeError(
+            f"{type(model).__name__} needs a {cache_class.__name__}, got {type(past_key_values).__name__}: a key/value "
+            f"cache cannot hold {state}. Pass past_key_values=None (a {cache_class.__name__} is created) or reuse the "
+            "cache returned by a previous call."
+        )
+    if not use_cache:
+        return None
+    return past_key_values if past_key_values is not None else cache_class(model.config)
+
+
+def kept_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The hidden states logits are computed for: the last `logits_to_keep` positions (0 = all), or given indices."""
+    keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden_states[:, keep, :]
 
 
 def _mismatch(entry) -> tuple:
