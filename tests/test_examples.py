@@ -52,3 +52,46 @@ def test_generation_benchmark_quick_run_writes_figures(tmp_path):
     report = json.loads(output.read_text())
     assert [r["context"] for r in report["results"]] == [32, 64]
     assert all(r["tokens_identical"] and r["cached_tokens_per_s"] > 0 for r in report["results"])
+
+
+def test_leaky_average_benchmark_quick_run_writes_figures(tmp_path):
+    import json
+
+    output, figure = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_mosaics_leaky_average.py"), "--quick", "--output",
+         str(output), "--plot", str(figure)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert figure.stat().st_size > 0
+    report = json.loads(output.read_text())
+    assert report["settings"]["lengths"] == [64, 128] and "load_average_before" in report["machine"]
+    rows = {(r["level"], r["path"], r["T"]): r for r in report["rows"]}
+    for level in ("layer", "model"):
+        for length in (64, 128):
+            fallback, naive = rows[(level, "fallback", length)], rows[(level, "naive", length)]
+            assert fallback["status"] == naive["status"] == "ok"
+            assert fallback["seconds"] > 0 and naive["seconds"] > 0
+            assert fallback["peak_bytes"] is not None and naive["peak_bytes"] is not None
+            # Same weights and inputs in separate worker processes: the two formulations give the same loss.
+            assert abs(naive["loss"] - fallback["loss"]) <= 1e-5 * max(1.0, abs(fallback["loss"]))
+            kernel = rows[(level, "kernel", length)]
+            if report["settings"]["device"] == "cpu":
+                assert kernel["status"].startswith("skipped") and kernel["seconds"] is None
+        check = report["agreement"][level]
+        assert check["naive_max_abs_loss_diff"] <= 1e-5 * max(1.0, abs(check["loss"]["fallback"]))
+        assert check["naive_max_grad_diff_relative_to_largest_grad"] < 1e-3
+
+
+def test_quickstart_trains_a_memory_mosaic(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--architecture", "memory-mosaics", "--steps", "20",
+         "--max-new-tokens", "80", "--output-dir", str(tmp_path / "model")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "model: MemoryMosaicsForCausalLM" in result.stdout
+    # no fixed context: 80 new tokens go beyond the 64-token training window, cached = uncached all the way
+    assert "cached and uncached greedy generation give the same 80 tokens: True" in result.stdout
+    assert {"config.json", "modeling_memory_mosaics.py", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
