@@ -40,18 +40,21 @@ def test_ruff_clean():
     assert result.returncode == 0, result.stdout
 
 
-def test_generation_benchmark_quick_run_writes_figures(tmp_path):
+@pytest.mark.parametrize("architecture", ["masked-mixer", "memory-mosaics"])
+def test_generation_benchmark_quick_run_writes_figures(architecture, tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "masked_mixer_generation.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--quick", "--architecture", architecture,
+         "--output", str(output)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     import json
 
     report = json.loads(output.read_text())
+    assert report["settings"]["architecture"] == architecture
     assert [r["context"] for r in report["results"]] == [32, 64]
     assert all(r["tokens_identical"] and r["cached_tokens_per_s"] > 0 for r in report["results"])
+    assert output.with_suffix(".png").stat().st_size > 0
 
 
 def test_leaky_average_benchmark_quick_run_writes_figures(tmp_path):

@@ -1,12 +1,15 @@
-"""Greedy generation speed of a Masked Mixer with and without its `MaskedMixerCache`.
+"""Greedy generation speed of a memory-zoo model with and without its cache (`--architecture`).
 
-A Masked Mixer has a fixed context `L = max_position_embeddings`. With `use_cache=True` every new token costs one row of
-each block's `L x L` mixing matrix; with `use_cache=False` every step re-runs the whole sequence (what the research code
-does). For each context `C` this script builds a random-weight model with `L = C`, fills the context with a random
-prompt of `C - new_tokens` tokens and times `generate(..., max_new_tokens=new_tokens)` in both modes, interleaved.
+With `use_cache=False` every step re-runs the whole sequence (what the research code does); with `use_cache=True`
+a new token costs one step: a Masked Mixer reads one row of each block's `L x L` mixing matrix from its
+`MaskedMixerCache`, a Memory Mosaic updates its leaky averages and reads its keys/values from its `MemoryMosaicsCache`.
+For each context `C` this script builds a random-weight model for that context (a Masked Mixer with
+`max_position_embeddings = C`, a Memory Mosaic with `block_size = C`), fills it with a random prompt of
+`C - new_tokens` tokens and times `generate(..., max_new_tokens=new_tokens)` in both modes, interleaved.
 
-    python benchmarks/masked_mixer_generation.py            # default run, writes benchmarks/results/*.json + *.png
-    python benchmarks/masked_mixer_generation.py --quick    # smoke test (a few seconds), writes to the temp dir
+    python benchmarks/generation.py                                   # Masked Mixer; writes benchmarks/results/
+    python benchmarks/generation.py --architecture memory-mosaics     # Memory Mosaics
+    python benchmarks/generation.py --quick    # smoke test (a few seconds), writes to the temp dir
 
 Timings are wall-clock `generate` calls (prompt prefill included), the median of `--repeats`; tokens/s counts the
 generated tokens of the whole batch. Nothing here asserts on time.
@@ -27,10 +30,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM
+from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "masked_mixer_generation.json"
-QUICK_OUTPUT = Path(tempfile.gettempdir()) / "masked_mixer_generation_quick.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCHITECTURES = ("masked-mixer", "memory-mosaics")
+TITLES = {"masked-mixer": "Masked Mixer", "memory-mosaics": "Memory Mosaics"}
+CACHES = {"masked-mixer": "MaskedMixerCache", "memory-mosaics": "MemoryMosaicsCache"}
 
 # Values used when a flag is not given; `--quick` swaps in the second set (explicit flags still win).
 DEFAULTS = {"contexts": [128, 256, 512, 1024], "new_tokens": 32, "hidden_size": 256, "layers": 4, "repeats": 3}
@@ -39,13 +44,15 @@ QUICK = {"contexts": [32, 64], "new_tokens": 8, "hidden_size": 64, "layers": 2, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="masked-mixer",
+                        help="model to benchmark (default: masked-mixer)")
     parser.add_argument("--contexts", type=int, nargs="+", default=None,
                         help=f"context lengths L to benchmark (default: {DEFAULTS['contexts']})")
     parser.add_argument("--new-tokens", type=int, default=None,
                         help=f"tokens generated per call; prompt length = context - new tokens "
                              f"(default: {DEFAULTS['new_tokens']})")
     parser.add_argument("--hidden-size", type=int, default=None, help=f"model width (default: {DEFAULTS['hidden_size']})")
-    parser.add_argument("--layers", type=int, default=None, help=f"number of mixer blocks (default: {DEFAULTS['layers']})")
+    parser.add_argument("--layers", type=int, default=None, help=f"number of blocks (default: {DEFAULTS['layers']})")
     parser.add_argument("--vocab", type=int, default=4096, help="vocabulary size (default: 4096)")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences per generate call (default: 1)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -53,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model weights and prompts (default: 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON output (default: benchmarks/results/masked_mixer_generation.json next to this script; "
-                             f"with --quick: {QUICK_OUTPUT})")
+                        help="JSON output (default: benchmarks/results/<architecture>_generation.json next to this "
+                             "script; with --quick: the same name in the temp dir)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG output (default: the JSON path with .png)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke-test settings: contexts 32 64, 8 new tokens, hidden 64, 2 layers, 1 repeat")
@@ -64,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.output is None:
-        args.output = QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT
+        name = f"{args.architecture.replace('-', '_')}_generation"
+        args.output = Path(tempfile.gettempdir()) / f"{name}_quick.json" if args.quick else RESULTS / f"{name}.json"
     if args.plot is None:
         args.plot = args.output.with_suffix(".png")
 
@@ -106,24 +114,30 @@ def _load_average() -> list[float] | None:
 
 
 def cache_bytes(past_key_values) -> int:
-    """Total bytes of the cache tensors (mixing inputs in `keys`, expanded-mixing hidden states in `values`)."""
+    """Total bytes of the cache tensors (`keys`/`values` of every layer, plus recurrent `states` where there are)."""
     total = 0
     for layer in past_key_values.layers:
-        for tensor in (layer.keys, layer.values):
+        for tensor in (layer.keys, layer.values, *getattr(layer, "states", {}).values()):
             if tensor is not None:
                 total += tensor.nbytes
     return total
 
 
+def build_model(args: argparse.Namespace, context: int):
+    if args.architecture == "memory-mosaics":
+        # research proportions: 64-channel heads, persistent memories of 3.5 x hidden slots
+        config = MemoryMosaicsConfig(vocab_size=args.vocab, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                                     num_attention_heads=max(1, args.hidden_size // 64),
+                                     pmem_size=args.hidden_size * 7 // 2, block_size=context)
+        return MemoryMosaicsForCausalLM(config).eval()
+    config = MaskedMixerConfig(vocab_size=args.vocab, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                               max_position_embeddings=context)
+    return MaskedMixerForCausalLM(config).eval()
+
+
 def bench_context(args: argparse.Namespace, context: int) -> dict:
     torch.manual_seed(args.seed)
-    config = MaskedMixerConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.layers,
-        max_position_embeddings=context,
-    )
-    model = MaskedMixerForCausalLM(config).eval()
+    model = build_model(args, context)
     prompt_length = context - args.new_tokens
     generator = torch.Generator().manual_seed(args.seed + context)
     input_ids = torch.randint(0, args.vocab, (args.batch_size, prompt_length), generator=generator)
@@ -198,7 +212,7 @@ def plot(results: list[dict], settings: dict, path: Path) -> None:
     uncached = [r["uncached_tokens_per_s"] for r in results]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot(contexts, cached, "o-", label="use_cache=True (MaskedMixerCache)")
+    ax.plot(contexts, cached, "o-", label=f"use_cache=True ({CACHES[settings['architecture']]})")
     ax.plot(contexts, uncached, "s--", label="use_cache=False (full re-run per token)")
     for r in results:
         ax.annotate(f"{r['speedup']:.1f}x", (r["context"], r["cached_tokens_per_s"]), textcoords="offset points",
@@ -212,7 +226,7 @@ def plot(results: list[dict], settings: dict, path: Path) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("context length L (prompt = L - new tokens)")
     ax.set_ylabel("generated tokens / s")
-    ax.set_title(f"Masked Mixer greedy generation, {settings['new_tokens']} new tokens\n"
+    ax.set_title(f"{TITLES[settings['architecture']]} greedy generation, {settings['new_tokens']} new tokens\n"
                  f"hidden {settings['hidden_size']}, {settings['layers']} layers, batch {settings['batch_size']}, "
                  f"{settings['num_threads']} threads (labels: speedup)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
@@ -229,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = {
+        "architecture": args.architecture,
         "contexts": args.contexts,
         "new_tokens": args.new_tokens,
         "hidden_size": args.hidden_size,
