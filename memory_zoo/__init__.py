@@ -6,15 +6,18 @@ Importing the package registers every architecture with the transformers Auto cl
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration import MaskedMixerConfig, MemoryMosaicsConfig
+from .configuration import MaskedMixerConfig, MemoryLayersConfig, MemoryMosaicsConfig
 from .modeling import (
     CheckpointMismatchError,
     MaskedMixerCache,
     MaskedMixerForCausalLM,
     MaskedMixerModel,
+    MemoryLayersForCausalLM,
+    MemoryLayersModel,
     MemoryMosaicsCache,
     MemoryMosaicsForCausalLM,
     MemoryMosaicsModel,
+    memory_layers_param_groups,
 )
 
 __version__ = "0.1.0"
@@ -23,6 +26,7 @@ __version__ = "0.1.0"
 ARCHITECTURES = [
     (MaskedMixerConfig, MaskedMixerModel, MaskedMixerForCausalLM),
     (MemoryMosaicsConfig, MemoryMosaicsModel, MemoryMosaicsForCausalLM),
+    (MemoryLayersConfig, MemoryLayersModel, MemoryLayersForCausalLM),
 ]
 
 for _config, _base, _causal_lm in ARCHITECTURES:
@@ -37,8 +41,12 @@ __all__ = [
     "MaskedMixerConfig",
     "MaskedMixerForCausalLM",
     "MaskedMixerModel",
+    "MemoryLayersConfig",
+    "MemoryLayersForCausalLM",
+    "MemoryLayersModel",
     "MemoryMosaicsCache",
     "MemoryMosaicsConfig",
     "MemoryMosaicsForCausalLM",
     "MemoryMosaicsModel",
+    "memory_layers_param_groups",
 ]

@@ -100,3 +100,36 @@ def tiny_mosaics(seed: int = 0, **overrides):
             if name.endswith(("_beta", "coef")):
                 parameter.add_(torch.rand_like(parameter).sub(0.5).mul(0.1))
     return model
+
+
+# Memory Layers options worth covering separately (vocabulary 300, width 32, 4 blocks).
+MEMORY_LAYERS_VARIANTS = {
+    "pkplus_shared": {"memory_layers": [1, 3]},
+    "pk_plain_unshared": {"memory_layers": [2], "memory_swilu_projection": False, "memory_share_values": False},
+    "gated_vdim_gqa": {"memory_layers": [0, 2], "memory_v_dim": 16, "memory_gated": True, "num_key_value_heads": 2,
+                       "memory_share_values": False, "memory_heads": 3, "memory_knn": 3},
+}
+
+
+def tiny_memory_layers_config(vocab_size: int = 300, **overrides):
+    from memory_zoo import MemoryLayersConfig
+
+    settings = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, multiple_of=16,
+                    memory_layers=[1, 3], memory_n_keys=8, memory_heads=2, memory_knn=4, memory_k_dim=16,
+                    memory_value_dtype="float32", max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                    eos_token_id=2)
+    settings.update(overrides)
+    return MemoryLayersConfig(**settings)
+
+
+def tiny_memory_layers(seed: int = 0, **overrides):
+    """A small random Memory Layers model; its memory biases are non-zero so that every term matters."""
+    from memory_zoo import MemoryLayersForCausalLM
+
+    torch.manual_seed(seed)
+    model = MemoryLayersForCausalLM(tiny_memory_layers_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.05)
+    return model

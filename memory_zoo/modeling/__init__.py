@@ -7,6 +7,12 @@ from .modeling_masked_mixer import (
     MaskedMixerModel,
     MaskedMixerPreTrainedModel,
 )
+from .modeling_memory_layers import (
+    MemoryLayersForCausalLM,
+    MemoryLayersModel,
+    MemoryLayersPreTrainedModel,
+    memory_layers_param_groups,
+)
 from .modeling_memory_mosaics import (
     MemoryMosaicsCache,
     MemoryMosaicsCacheLayer,
@@ -23,6 +29,9 @@ __all__ = [
     "MaskedMixerForCausalLM",
     "MaskedMixerModel",
     "MaskedMixerPreTrainedModel",
+    "MemoryLayersForCausalLM",
+    "MemoryLayersModel",
+    "MemoryLayersPreTrainedModel",
     "MemoryMosaicsCache",
     "MemoryMosaicsCacheLayer",
     "MemoryMosaicsForCausalLM",
@@ -30,4 +39,5 @@ __all__ = [
     "MemoryMosaicsPreTrainedModel",
     "ZooPreTrainedModel",
     "export_remote_code",
+    "memory_layers_param_groups",
 ]
