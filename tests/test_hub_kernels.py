@@ -54,6 +54,26 @@ def test_packaged_leaky_average_loads_and_validates_shapes():
         kernel.leaky_average(torch.zeros(2, 3, 4, 5, dtype=torch.float64), torch.zeros(4))
 
 
+def test_packaged_embedding_bag_loads_and_validates_inputs():
+    kernel = load_hub_kernel("embedding_bag")
+    assert kernel is not None and callable(kernel.embedding_bag_sum)
+    indices, weight, scores = torch.zeros(2, 3, dtype=torch.int64), torch.zeros(10, 8), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"expects indices \[N, L\] of dtype int64 or int32, got \(2, 3\) torch.float"):
+        kernel.embedding_bag_sum(indices.float(), weight, scores)
+    with pytest.raises(ValueError, match=r"expects indices \[N, L\]"):
+        kernel.embedding_bag_sum(indices[0], weight, scores)
+    with pytest.raises(ValueError, match=r"expects weight \[M, V\] in .*, got \(10, 8, 1\)"):
+        kernel.embedding_bag_sum(indices, weight[..., None], scores)
+    with pytest.raises(ValueError, match=r"expects weight \[M, V\] in .*torch.float64"):
+        kernel.embedding_bag_sum(indices, weight.double(), scores)
+    with pytest.raises(ValueError, match=r"per_sample_weights must be \[N, L\] = \(2, 3\) in .*, got \(3, 2\)"):
+        kernel.embedding_bag_sum(indices, weight, scores.t())
+    with pytest.raises(ValueError, match=r"per_sample_weights must be \[N, L\] = \(2, 3\)"):
+        kernel.embedding_bag_sum(indices, weight, scores.long())
+    with pytest.raises(ValueError, match="empty weight table"):
+        kernel.embedding_bag_sum(indices, weight[:0], scores)
+
+
 def test_unloadable_kernel_falls_back_with_one_log_line(caplog, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with caplog.at_level(logging.INFO, logger="memory_zoo.kernels"):

@@ -53,6 +53,18 @@ def converted_research_checkpoint(tmp_path: Path):
     return model, expected["input_ids"], expected["logits"]
 
 
+def converted_memory_layers_checkpoint(tmp_path: Path):
+    """The GQA, gated, value-projected research fixture converted from a distributed checkpoint."""
+    from test_memory_layers_conversion import fixture, write_checkpoint
+
+    from memory_zoo.conversion import convert
+
+    _, _, expected = fixture("gated_vdim_gqa")
+    model = convert("memory-layers", write_checkpoint(tmp_path / "run", "gated_vdim_gqa", "distributed"),
+                    tmp_path / "converted")
+    return model, expected["input_ids"], expected["logits"]
+
+
 CASES = {
     "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
     "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),
@@ -60,6 +72,7 @@ CASES = {
                                                                          **MOSAICS_VARIANTS["lowr_keys"])),
     "memory_layers-random_gqa": ("memory_layers", lambda tok, _: tiny_memory_layers(
         vocab_size=len(tok), **MEMORY_LAYERS_VARIANTS["gated_vdim_gqa"])),
+    "memory_layers-converted_research": ("memory_layers", lambda _, tmp: converted_memory_layers_checkpoint(tmp)),
     "memory_mosaics-converted_research": ("memory_mosaics", lambda _, tmp: converted_research_checkpoint(tmp)),
 }
 
@@ -88,10 +101,12 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
     assert report["model_module"].endswith(f".modeling_{architecture}")
     prefix = "".join(part.title() for part in architecture.split("_"))
     assert report["config_class"] == f"{prefix}Config" and report["base_class"] == f"{prefix}Model"
-    assert report["logits_max_diff"] == 0.0 and report["hidden_max_diff"] == 0.0
+    # same code and weights in another process: equal up to float32 kernel choices (CPU GEMMs may pick other paths
+    # for other memory alignments), typically bit-identical
+    assert report["logits_max_diff"] <= 1e-5 and report["hidden_max_diff"] <= 1e-5
     assert report["cached_equals_uncached"]
     assert report["pipeline_text"].startswith("The quick")
-    assert report["resaved_max_diff"] == 0.0
+    assert report["resaved_max_diff"] <= 1e-5
     # the folder re-saved by the remote-code model carries the same code files
     code = sorted(p.name for p in model_dir.glob("*.py"))
     assert {f"configuration_{architecture}.py", f"modeling_{architecture}.py", "zoo_common.py", "zoo_config.py",

@@ -10,9 +10,17 @@ import torch
 
 from .. import __version__
 from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
+from ..modeling.modeling_memory_layers import MemoryLayersForCausalLM
 from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
-from . import masked_mixer, memory_mosaics
-from .common import ConversionError, file_sha256, find_checkpoint_file, load_research_config, load_state_dict, logger
+from . import masked_mixer, memory_layers, memory_mosaics
+from .common import (
+    ConversionError,
+    checkpoint_digest,
+    find_checkpoint_file,
+    load_research_config,
+    load_state_dict,
+    logger,
+)
 
 
 def _masked_mixer_checkpoint(file, source: str, research_config: dict):
@@ -26,7 +34,11 @@ SOURCES = {
        for name in masked_mixer.SOURCES},
     **{name: ("facebookresearch/MemoryMosaics", memory_mosaics.convert_memory_mosaics_checkpoint,
               MemoryMosaicsForCausalLM) for name in memory_mosaics.SOURCES},
+    **{name: ("facebookresearch/memory", memory_layers.convert_memory_layers_checkpoint, MemoryLayersForCausalLM)
+       for name in memory_layers.SOURCES},
 }
+# Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
+_SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,7 +61,10 @@ def convert(
         raise ConversionError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
     repository, convert_checkpoint, model_class = SOURCES[source]
     research_config = config if isinstance(config, dict) else load_research_config(config)
-    weights_file = find_checkpoint_file(checkpoint)
+    # a weights file, or a folder: one holding such a file, or a checkpoint made of several files (distributed)
+    weights_file = find_checkpoint_file(checkpoint) if source in _SINGLE_FILE_SOURCES else Path(checkpoint)
+    if not weights_file.exists():
+        raise ConversionError(f"Checkpoint {weights_file} does not exist.")
     model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
 
     tok = None
@@ -71,6 +86,8 @@ def convert(
     if model_config.tie_word_embeddings:
         model.tie_weights()
     model = model.to(DTYPES[dtype]).eval()
+    if getattr(model_config, "memory_value_dtype", None):  # value tables were cast with the rest
+        model_config.memory_value_dtype = dtype
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
@@ -80,7 +97,7 @@ def convert(
         "source": source,
         "research_repository": repository,
         "checkpoint": str(weights_file),
-        "checkpoint_sha256": file_sha256(weights_file),
+        "checkpoint_sha256": checkpoint_digest(weights_file),
         "research_config": research_config,
         "dtype": dtype,
         "notes": notes,

@@ -160,6 +160,16 @@ class TensorMapper:
         return True
 
 
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of a checkpoint folder (every file's relative path and bytes, in order)."""
+    if Path(path).is_file():
+        return file_sha256(Path(path))
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
+    return digest.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

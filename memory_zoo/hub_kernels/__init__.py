@@ -8,7 +8,7 @@ loads. `python -m memory_zoo.hub_kernels.build` regenerates the published trees 
 |---|---|---|
 | `masked_mixing` | Masked Mixer | `tril(W, diagonal=offset) @ U (+ bias)`, skipping the masked half; forward and backward |
 | `leaky_average` | Memory Mosaics | causal leaky sum `y_t = exp(-beta_h) y_{t-1} + x_t` with an initial state, float32 accumulation; exact forward and backward |
-| `embedding_bag` | Memory Layers | weighted embedding bag `out[n] = sum_j w[n, j] * table[idx[n, j]]` (product-key memory value lookup), float32 accumulation; backward for the table (deterministic segmented sums over the sorted indices) and the weights |
+| `embedding_bag` | Memory Layers | `out[n] = sum_j w[n, j] * table[idx[n, j]]`, float32 accumulation; deterministic backward (segmented sums over sorted indices) |
 """
 
 from .zoo_kernels import kernel_for, kernel_runs_on, load_hub_kernel
