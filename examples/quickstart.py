@@ -4,7 +4,10 @@ What it shows, end to end and fully offline (nothing is downloaded):
 
 1. a byte-level BPE tokenizer trained with `tokenizers` and wrapped as a `transformers.PreTrainedTokenizerFast`;
 2. a tiny `MaskedMixerConfig` / `MaskedMixerForCausalLM` (or, with `--architecture memory-mosaics`, a
-   `MemoryMosaicsConfig` / `MemoryMosaicsForCausalLM`) trained with a plain PyTorch AdamW loop
+   `MemoryMosaicsConfig` / `MemoryMosaicsForCausalLM`; with `--architecture memory-layers`, a
+   `MemoryLayersConfig` / `MemoryLayersForCausalLM` with two product-key memory layers sharing one bfloat16 value
+   table, whose AdamW groups come from `memory_layers_param_groups`, the research recipe) trained with a plain
+   PyTorch AdamW loop
    (`model(input_ids=..., labels=...)` returns the next-token loss), with the loss on fixed training windows
    and on a held-out slice of the text (the last 10%, never trained on) measured before and after training;
 3. `save_pretrained` of model and tokenizer, which also writes the model's code next to the weights, so the
@@ -26,7 +29,7 @@ first few dozen steps. Use `--text PATH` with a bigger plain-text file (for exam
 held-out loss fall as well.
 
 Flags:
-    --architecture A     masked-mixer (default) or memory-mosaics
+    --architecture A     masked-mixer (default), memory-mosaics or memory-layers
     --text PATH          plain UTF-8 text to train on (default: the embedded sonnets)
     --steps N            optimisation steps (default 600: the whole script takes ~25 s on 2 idle CPU cores)
     --seed N             seed of initialisation, batch sampling and the train/eval windows (default 0)
@@ -59,7 +62,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
-from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
+from memory_zoo import (
+    MaskedMixerConfig,
+    MaskedMixerForCausalLM,
+    MemoryLayersConfig,
+    MemoryLayersForCausalLM,
+    MemoryMosaicsConfig,
+    MemoryMosaicsForCausalLM,
+    memory_layers_param_groups,
+)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 HELD_OUT_FRACTION = 0.1  # the last 10% of the text (cut at a line break) is never trained on
@@ -275,7 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train a tiny memory model on CPU, save it, reload it and generate text (offline).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--architecture", choices=["masked-mixer", "memory-mosaics"], default="masked-mixer",
+    parser.add_argument("--architecture", choices=["masked-mixer", "memory-mosaics", "memory-layers"],
+                        default="masked-mixer",
                         help="which memory-zoo architecture to train")
     parser.add_argument("--text", type=Path, default=None, help="UTF-8 text file to train on (default: embedded sonnets)")
     parser.add_argument("--steps", type=int, default=600, help="optimisation steps")
@@ -337,7 +349,18 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> torch.Tensor:
 
 def build_model(tokenizer: PreTrainedTokenizerFast, context_length: int, architecture: str = "masked-mixer"):
     """A tiny model: a mixer of 4 blocks of width 128 (about 0.68M parameters at L = 64, vocabulary 512), or a
-    Memory Mosaic of 4 blocks of width 128 with 4 heads and 256-slot persistent memories (about 0.66M parameters)."""
+    Memory Mosaic of 4 blocks of width 128 with 4 heads and 256-slot persistent memories (about 0.66M parameters), or
+    a Memory Layers decoder of 4 blocks of width 128 whose blocks 1 and 3 read one shared 4096-slot product-key memory
+    (about 1.29M parameters, 0.52M of them in the bfloat16 value table)."""
+    special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                   eos_token_id=tokenizer.eos_token_id)
+    if architecture == "memory-layers":
+        config = MemoryLayersConfig(
+            vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, multiple_of=32, max_position_embeddings=context_length, memory_layers=[1, 3],
+            memory_n_keys=64, memory_heads=4, memory_knn=8, memory_k_dim=64, **special,
+        )
+        return MemoryLayersForCausalLM(config)
     if architecture == "memory-mosaics":
         config = MemoryMosaicsConfig(
             vocab_size=len(tokenizer),
@@ -401,8 +424,13 @@ def train(
     lr: float,
     generator: torch.Generator,
 ) -> None:
-    """Plain AdamW loop on windows of `length` tokens: linear warm-up over 10% of the steps, then cosine decay."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    """Plain AdamW loop on windows of `length` tokens: linear warm-up over 10% of the steps, then cosine decay.
+
+    Memory Layers value tables get their own group (the research recipe: a fixed base learning rate, here `lr / 3`,
+    scheduled like the rest); every other model trains with one group."""
+    groups = (memory_layers_param_groups(model, lr=lr, weight_decay=0.01, value_lr=lr / 3)
+              if isinstance(model, MemoryLayersForCausalLM) else model.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 10)
 
     def schedule(step: int) -> float:

@@ -186,3 +186,15 @@ def test_bad_inputs_get_clear_errors():
         model(input_ids, past_key_values=((torch.zeros(1),),))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_memory_layers(**MEMORY_LAYERS_VARIANTS["gated_vdim_gqa"]).train()
+    input_ids = torch.randint(3, 300, (2, 10))
+    loss = model(input_ids, labels=input_ids).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    model.activation_checkpointing_enable()
+    loss_ckpt = model(input_ids, labels=input_ids).loss
+    torch.testing.assert_close(loss_ckpt, loss)
+    for a, b in zip(grads, torch.autograd.grad(loss_ckpt, list(model.parameters())), strict=True):
+        torch.testing.assert_close(a, b)
