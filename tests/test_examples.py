@@ -98,3 +98,53 @@ def test_quickstart_trains_a_memory_mosaic(tmp_path):
     # no fixed context: 80 new tokens go beyond the 64-token training window, cached = uncached all the way
     assert "cached and uncached greedy generation give the same 80 tokens: True" in result.stdout
     assert {"config.json", "modeling_memory_mosaics.py", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
+
+
+def test_memory_layers_benchmark_quick_run_writes_figures(tmp_path):
+    import json
+
+    output, figure = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_layers_memory.py"), "--quick", "--output", str(output),
+         "--plot", str(figure)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert figure.stat().st_size > 0
+    report = json.loads(output.read_text())
+    settings = report["settings"]
+    assert settings["slots"] == [4096, 16384] and settings["cells"] == "in-process"  # --quick: no worker processes
+    assert "load_average_before" in report["machine"]
+    rows = {(r["path"], r["slots"]): r for r in report["rows"]}
+    hidden = settings["hidden"]
+    for slots in (4096, 16384):
+        size = report["sizes"][str(slots)]
+        macs = size["memory_macs_per_token"]
+        assert macs["total"] == macs["query"] + macs["scoring"] + macs["read"] + macs["projections"]
+        # equal FLOPs: the dense SwiGLU's 3 * d * I multiply-adds are the memory layer's, up to rounding I
+        intermediate = size["dense_intermediate_size"]
+        assert abs(3 * hidden * intermediate - macs["total"]) <= 3 * hidden / 2
+        memory, dense = rows[("memory_fallback", slots)], rows[("dense_ffn", slots)]
+        assert memory["status"] == dense["status"] == "ok"
+        assert dense["intermediate_size"] == intermediate and dense["parameters"] == 3 * hidden * intermediate
+        assert memory["parameters"] > slots * hidden  # the value table dominates
+        for row in (memory, dense):
+            assert row["seconds"] > 0 and row["peak_bytes"] is not None and row["loss"] > 0
+        assert report["ratios_to_dense"]["memory_fallback"][str(slots)]["seconds"] > 0
+        kernel = rows[("memory_kernel", slots)]
+        if settings["device"] == "cpu":
+            assert kernel["status"].startswith("skipped") and kernel["seconds"] is None
+    # the sub-key scoring is the term that grows with the memory: twice the sub-keys, twice the scoring work
+    scoring = [report["sizes"][str(s)]["memory_macs_per_token"]["scoring"] for s in (4096, 16384)]
+    assert scoring[1] == 2 * scoring[0]
+
+
+def test_quickstart_trains_memory_layers_with_value_table_groups(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--architecture", "memory-layers", "--steps", "20",
+         "--output-dir", str(tmp_path / "model")], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "model: MemoryLayersForCausalLM" in result.stdout
+    assert "cached and uncached greedy generation give the same 48 tokens: True" in result.stdout
+    assert {"modeling_memory_layers.py", "zoo_layers.py", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
