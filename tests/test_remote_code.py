@@ -53,15 +53,14 @@ def converted_research_checkpoint(tmp_path: Path):
     return model, expected["input_ids"], expected["logits"]
 
 
-def converted_memory_layers_checkpoint(tmp_path: Path):
-    """The GQA, gated, value-projected research fixture converted from a distributed checkpoint."""
+def converted_memory_layers_checkpoint(tmp_path: Path, name: str, layout: str):
+    """A research fixture converted from one of the research checkpoint formats, and the research logits."""
     from test_memory_layers_conversion import fixture, write_checkpoint
 
     from memory_zoo.conversion import convert
 
-    _, _, expected = fixture("gated_vdim_gqa")
-    model = convert("memory-layers", write_checkpoint(tmp_path / "run", "gated_vdim_gqa", "distributed"),
-                    tmp_path / "converted")
+    _, _, expected = fixture(name)
+    model = convert("memory-layers", write_checkpoint(tmp_path / "run", name, layout), tmp_path / "converted")
     return model, expected["input_ids"], expected["logits"]
 
 
@@ -72,7 +71,10 @@ CASES = {
                                                                          **MOSAICS_VARIANTS["lowr_keys"])),
     "memory_layers-random_gqa": ("memory_layers", lambda tok, _: tiny_memory_layers(
         vocab_size=len(tok), **MEMORY_LAYERS_VARIANTS["gated_vdim_gqa"])),
-    "memory_layers-converted_research": ("memory_layers", lambda _, tmp: converted_memory_layers_checkpoint(tmp)),
+    "memory_layers-converted_distributed_gqa": ("memory_layers", lambda _, tmp: converted_memory_layers_checkpoint(
+        tmp, "gated_vdim_gqa", "distributed")),
+    "memory_layers-converted_consolidated_pkplus": ("memory_layers", lambda _, tmp: converted_memory_layers_checkpoint(
+        tmp, "pkplus_shared", "consolidated_folder")),
     "memory_mosaics-converted_research": ("memory_mosaics", lambda _, tmp: converted_research_checkpoint(tmp)),
 }
 
