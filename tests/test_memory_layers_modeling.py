@@ -198,3 +198,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(loss_ckpt, loss)
     for a, b in zip(grads, torch.autograd.grad(loss_ckpt, list(model.parameters())), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_pure_torch_value_read_accumulates_in_float32(dtype):
+    """Against a float64 reference: one row read 6000 times, others scattered; both gradients."""
+    from memory_zoo.modeling.modeling_memory_layers import MemoryLayersValueTable
+
+    torch.manual_seed(0)
+    table_module = MemoryLayersValueTable(tiny_memory_layers_config(memory_n_keys=64, memory_value_dtype=None,
+                                                                    use_kernels=False, memory_v_dim=24))
+    table = torch.randn(4096, 24).to(dtype)
+    table_module.weight.data = table.clone()
+    indices = torch.randint(0, 4096, (1500, 8))
+    indices[:, :4] = 7  # a hot row
+    weights = torch.rand(1500, 8).softmax(-1)
+    grad_out = torch.randn(1500, 24)
+    weights_leaf = weights.clone().requires_grad_()
+    out = table_module(indices, weights_leaf)
+    assert out.dtype == dtype
+    grads = torch.autograd.grad(out, [table_module.weight, weights_leaf], grad_out.to(dtype))
+    ref_table = table.double().requires_grad_()
+    ref_weights = weights.double().requires_grad_()
+    ref = torch.nn.functional.embedding_bag(indices, ref_table, per_sample_weights=ref_weights, mode="sum")
+    ref_grads = torch.autograd.grad(ref, [ref_table, ref_weights], grad_out.double())
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    for got, want in zip((out, *grads), (ref, *ref_grads), strict=True):
+        error = (got.double() - want).abs().max() / want.abs().max()
+        assert error <= tolerance, (got.dtype, error.item())
+    unread = torch.ones(4096, dtype=torch.bool)
+    unread[indices.unique()] = False
+    assert unread.any() and grads[0][unread].abs().sum() == 0

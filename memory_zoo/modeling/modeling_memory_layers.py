@@ -91,12 +91,60 @@ class MemoryLayersMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
 
 
+class _WeightedBagFloat32(torch.autograd.Function):
+    """`out[n] = sum_j w[n, j] * table[idx[n, j]]` for half-precision tables, accumulated in float32 in pure torch.
+
+    `F.embedding_bag` needs the weights in the table's dtype and adds up the table's gradient in that dtype too: with
+    a bfloat16 table, a row read thousands of times per batch drifts by percents. This reads rows in chunks of tokens
+    (a few MB at a time) and sums both gradients in float32 — only over the rows actually read — so its result is
+    what the `embedding_bag` kernel computes. Nothing of size tokens x slots is built.
+    """
+
+    CHUNK_ELEMENTS = 1 << 22  # gathered values per chunk
+
+    @staticmethod
+    def _chunks(indices: torch.Tensor, width: int):
+        step = max(1, _WeightedBagFloat32.CHUNK_ELEMENTS // max(1, indices.shape[1] * width))
+        return [slice(start, start + step) for start in range(0, indices.shape[0], step)]
+
+    @staticmethod
+    def forward(ctx, indices, table, weights):
+        ctx.save_for_backward(indices, table, weights)
+        out = torch.empty(indices.shape[0], table.shape[1], dtype=torch.float32, device=table.device)
+        for part in _WeightedBagFloat32._chunks(indices, table.shape[1]):
+            out[part] = torch.einsum("nl,nlv->nv", weights[part].float(), table[indices[part]].float())
+        return out.to(table.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        indices, table, weights = ctx.saved_tensors
+        grad = grad_out.float()
+        grad_weights = grad_table = None
+        parts = _WeightedBagFloat32._chunks(indices, table.shape[1])
+        if ctx.needs_input_grad[2]:
+            grad_weights = torch.empty(indices.shape, dtype=torch.float32, device=table.device)
+            for part in parts:
+                grad_weights[part] = torch.einsum("nv,nlv->nl", grad[part], table[indices[part]].float())
+            grad_weights = grad_weights.to(weights.dtype)
+        if ctx.needs_input_grad[1]:
+            rows, slot = torch.unique(indices, return_inverse=True)
+            sums = torch.zeros(rows.shape[0], table.shape[1], dtype=torch.float32, device=table.device)
+            for part in parts:
+                contributions = weights[part].float()[..., None] * grad[part, None, :]
+                sums.index_add_(0, slot[part].reshape(-1), contributions.reshape(-1, table.shape[1]))
+            grad_table = torch.zeros_like(table)
+            grad_table[rows] = sums.to(table.dtype)
+        return None, grad_table, grad_weights
+
+
 class MemoryLayersValueTable(nn.Module):
     """A memory's value table `[slots, width]` and its weighted read: `out[n] = sum_j w[n, j] * weight[idx[n, j]]`.
 
-    The read runs through the `embedding_bag` Hub kernel where it can (float32 accumulation, result in the table's
-    dtype) and through `F.embedding_bag` otherwise (weights cast to the table's dtype). Its gradient is a dense
-    `[slots, width]` tensor like the table itself; nothing of size tokens x slots is ever built.
+    The read runs through the `embedding_bag` Hub kernel where it can, and in pure torch otherwise: `F.embedding_bag`
+    for float32 tables, a chunked float32-accumulating gather for half-precision ones (so the fallback is as exact as
+    the kernel). Either way the result is in the table's dtype, its gradient is a dense `[slots, width]` tensor like
+    the table itself, and nothing of size tokens x slots is ever built.
     """
 
     def __init__(self, config: MemoryLayersConfig):
@@ -109,7 +157,9 @@ class MemoryLayersValueTable(nn.Module):
         kernel = kernel_for(self.weight, "embedding_bag", *self.kernel) if self.kernel is not None else None
         if kernel is not None:
             return kernel.embedding_bag_sum(indices, self.weight, weights)
-        return F.embedding_bag(indices, self.weight, per_sample_weights=weights.to(self.weight.dtype), mode="sum")
+        if self.weight.dtype == torch.float32:
+            return F.embedding_bag(indices, self.weight, per_sample_weights=weights.float(), mode="sum")
+        return _WeightedBagFloat32.apply(indices, self.weight, weights)
 
 
 class MemoryLayersProductKeyMemory(nn.Module):
