@@ -6,9 +6,12 @@ Importing the package registers every architecture with the transformers Auto cl
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration import MaskedMixerConfig, MemoryLayersConfig, MemoryMosaicsConfig
+from .configuration import LSWTConfig, MaskedMixerConfig, MemoryLayersConfig, MemoryMosaicsConfig
 from .modeling import (
     CheckpointMismatchError,
+    LSWTCache,
+    LSWTForCausalLM,
+    LSWTModel,
     MaskedMixerCache,
     MaskedMixerForCausalLM,
     MaskedMixerModel,
@@ -27,6 +30,7 @@ ARCHITECTURES = [
     (MaskedMixerConfig, MaskedMixerModel, MaskedMixerForCausalLM),
     (MemoryMosaicsConfig, MemoryMosaicsModel, MemoryMosaicsForCausalLM),
     (MemoryLayersConfig, MemoryLayersModel, MemoryLayersForCausalLM),
+    (LSWTConfig, LSWTModel, LSWTForCausalLM),
 ]
 
 for _config, _base, _causal_lm in ARCHITECTURES:
@@ -37,6 +41,10 @@ for _config, _base, _causal_lm in ARCHITECTURES:
 __all__ = [
     "ARCHITECTURES",
     "CheckpointMismatchError",
+    "LSWTCache",
+    "LSWTConfig",
+    "LSWTForCausalLM",
+    "LSWTModel",
     "MaskedMixerCache",
     "MaskedMixerConfig",
     "MaskedMixerForCausalLM",

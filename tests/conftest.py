@@ -133,3 +133,37 @@ def tiny_memory_layers(seed: int = 0, **overrides):
             if name.endswith("bias"):
                 parameter.normal_(0, 0.05)
     return model
+
+
+# LSWT options worth covering separately (vocabulary 300, embedding width 24, model width 32, 2 blocks).
+LSWT_VARIANTS = {
+    "default": {},
+    "registers_qknorm_nobias": {"num_registers": 3, "qk_norm": True, "attention_bias": False},
+    "plain_rope_mlp": {"rope_reversed": False, "gated_ffn": False, "hidden_act": "gelu", "rope_base_freq": 10000.0},
+    "dynamic_rope": {"rope_dynamic": True, "max_position_embeddings": 12},
+}
+
+
+def tiny_lswt_config(vocab_size: int = 300, **overrides):
+    from memory_zoo import LSWTConfig
+
+    settings = dict(vocab_size=vocab_size, embedding_size=24, hidden_size=32, intermediate_size=48,
+                    num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=64, pad_token_id=0,
+                    bos_token_id=1, eos_token_id=2)
+    settings.update(overrides)
+    return LSWTConfig(**settings)
+
+
+def tiny_lswt(seed: int = 0, **overrides):
+    """A small random LSWT with larger-than-default weights, so that logits differ visibly between positions."""
+    from memory_zoo import LSWTForCausalLM
+
+    torch.manual_seed(seed)
+    model = LSWTForCausalLM(tiny_lswt_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("weight") and parameter.dim() == 2:
+                parameter.mul_(8.0)
+            elif "norm" in name or name.endswith("bias") or "registers" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model

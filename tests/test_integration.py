@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_memory_layers, tiny_model, tiny_mosaics
+from conftest import tiny_lswt, tiny_memory_layers, tiny_model, tiny_mosaics
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Trainer, TrainingArguments
 
 from memory_zoo import ARCHITECTURES
@@ -14,6 +14,7 @@ BUILDERS = {
     "masked_mixer": tiny_model,
     "memory_mosaics": lambda: tiny_mosaics(attention_dropout=0.0, hidden_dropout=0.0),
     "memory_layers": lambda: tiny_memory_layers(num_key_value_heads=2),
+    "lswt": lambda: tiny_lswt(),
 }
 
 

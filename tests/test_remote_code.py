@@ -15,6 +15,7 @@ from conftest import (
     MEMORY_LAYERS_VARIANTS,
     MOSAICS_VARIANTS,
     VARIANTS,
+    tiny_lswt,
     tiny_memory_layers,
     tiny_model,
     tiny_mosaics,
@@ -65,6 +66,7 @@ def converted_memory_layers_checkpoint(tmp_path: Path, name: str, layout: str):
 
 
 CASES = {
+    "lswt-random": ("lswt", lambda tok, _: tiny_lswt(vocab_size=len(tok), qk_norm=True)),
     "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
     "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),
     "memory_mosaics-random": ("memory_mosaics", lambda tok, _: tiny_mosaics(vocab_size=len(tok),
@@ -101,7 +103,7 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
     assert report["blocked"]
     assert report["model_module"].startswith("transformers_modules.")
     assert report["model_module"].endswith(f".modeling_{architecture}")
-    prefix = "".join(part.title() for part in architecture.split("_"))
+    prefix = "LSWT" if architecture == "lswt" else "".join(part.title() for part in architecture.split("_"))
     assert report["config_class"] == f"{prefix}Config" and report["base_class"] == f"{prefix}Model"
     # same code and weights in another process: equal up to float32 kernel choices (CPU GEMMs may pick other paths
     # for other memory alignments), typically bit-identical

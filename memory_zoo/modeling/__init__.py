@@ -1,5 +1,6 @@
 """PyTorch models, one module per architecture; each module is exported flat as remote code when saved."""
 
+from .modeling_lswt import LSWTCache, LSWTForCausalLM, LSWTModel, LSWTPreTrainedModel
 from .modeling_masked_mixer import (
     MaskedMixerCache,
     MaskedMixerCacheLayer,
@@ -24,6 +25,10 @@ from .zoo_common import CheckpointMismatchError, ZooPreTrainedModel, export_remo
 
 __all__ = [
     "CheckpointMismatchError",
+    "LSWTCache",
+    "LSWTForCausalLM",
+    "LSWTModel",
+    "LSWTPreTrainedModel",
     "MaskedMixerCache",
     "MaskedMixerCacheLayer",
     "MaskedMixerForCausalLM",

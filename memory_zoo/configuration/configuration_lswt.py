@@ -1,0 +1,173 @@
+"""Configuration of the Long-Short-Working Transformer (LSWT; Avelina9X/memory-transformer-pt4)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+from .zoo_config import check_integers
+
+
+class LSWTConfig(PretrainedConfig):
+    r"""
+    Configuration of an [`LSWTModel`] / [`LSWTForCausalLM`].
+
+    A pre-LN transformer with a Transformer-XL memory: the raw keys and values of earlier segments stay in the cache
+    (trimmed to the last `max_key_values` positions) and later segments attend to them. Token embeddings have their own
+    width (`embedding_size`) and are projected in and out of the model width, and the logits go through the input
+    embedding matrix (`logits = E @ head_proj(norm(h))`). Rotary positions are reversed (the newest token is position
+    0, so cached keys are simply rotated again on every call) with a raised base frequency; optional attention
+    registers (learned, unrotated, uncached key/value slots every query sees) and per-head RMS normalisation of queries
+    and keys.
+
+    Args:
+        vocab_size (`int`, defaults to 50272): rows of the shared embedding matrix (OPT's padded vocabulary).
+        embedding_size (`int`, defaults to 768): embedding width (research `d_vocab`), projected to `hidden_size`.
+        hidden_size (`int`, defaults to 768): residual width (research `d_model`).
+        intermediate_size (`int`, defaults to 3072): feed-forward width after gating (research `d_ffn`).
+        num_attention_heads (`int`, defaults to 12): heads (research `n_heads`); no grouped-query attention.
+        num_hidden_layers (`int`, defaults to 12): blocks (research `n_layers`).
+        num_registers (`int`, defaults to 0): attention registers per layer (research `n_registers`). With registers
+            the model is not shift-invariant: segment-wise and one-shot runs differ, as in the research code.
+        hidden_act (`str`, defaults to `"silu"`): feed-forward activation.
+        gated_ffn (`bool`, defaults to `True`): SwiGLU (`down(up(x) * act(gate(x)))`), else `down(act(up(x)))`.
+        qk_norm (`bool`, defaults to `False`): per-head RMS normalisation of queries and keys (eps added after the
+            square root), before the rotation.
+        attention_bias (`bool`, defaults to `True`): biases of the q/k/v/o projections (research `enable_bias`). The
+            feed-forward always has biases, the embedding projections never.
+        rope_base_freq (`float`, defaults to 500000): rotary base.
+        rope_reversed (`bool`, defaults to `True`): reversed positions (newest token = 0).
+        max_position_embeddings (`int`, *optional*): the trained attention span (research `rope_positions`), needed by
+            `rope_dynamic`; also the default cache limit when generating.
+        rope_dynamic (`bool`, defaults to `False`): beyond `max_position_embeddings` positions, raise the base (NTK,
+            `base * s ** (2 * d / (d - 2))`) and scale queries, keys and registers by `rope_yarn_a * ln(s) +
+            rope_yarn_b`, with `s = total / max_position_embeddings`.
+        rope_ntk_scale (`float`, defaults to 1.0), rope_yarn_a (`float`, defaults to 0.07), rope_yarn_b (`float`,
+            defaults to 1.0): the research rotary scaling constants.
+        max_key_values (`int`, *optional*): the cache keeps the last `max_key_values` positions of every layer after
+            each call (the research `max_key_values` argument; its training used the segment length). `None` keeps
+            everything.
+        dropout_att_mat / dropout_att_out / dropout_ffn_int / dropout_ffn_out (`float`, defaults to 0.0): dropout on
+            the attention probabilities, after the attention output projection, after the gated product and after the
+            feed-forward output (research names).
+        recompute_kv (`bool`, defaults to `False`): in training, the cache holds the attention inputs and keys/values
+            are recomputed from them, so the key/value projections also learn from the memory (research option).
+        trainable_embeddings (`bool`, defaults to `True`): `False` freezes the embedding matrix (kept in the model
+            dtype, unlike the research code, which cast it to float16).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm (and of the q/k RMS norms).
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisation (research `init_std`).
+        use_kernels (`bool`, defaults to `True`): on GPUs, attention runs through a flash-attention Hub kernel
+            (`kernel_repo_id`) when it loads, else SDPA.
+        kernel_repo_id (`str`, defaults to `"kernels-community/flash-attn"`), kernel_revision (`str`, *optional*).
+        use_cache (`bool`, defaults to `True`): return an [`LSWTCache`].
+        pad_token_id / bos_token_id / eos_token_id (`int`, defaults to 1 / 2 / 2): OPT ids.
+    """
+
+    model_type = "lswt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {"d_model": "hidden_size", "d_vocab": "embedding_size", "d_ffn": "intermediate_size",
+                     "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers", "n_registers": "num_registers",
+                     "rope_positions": "max_position_embeddings"}
+
+    def __init__(
+        self,
+        vocab_size: int = 50272,
+        embedding_size: int = 768,
+        hidden_size: int = 768,
+        intermediate_size: int = 3072,
+        num_attention_heads: int = 12,
+        num_hidden_layers: int = 12,
+        num_registers: int = 0,
+        hidden_act: str = "silu",
+        gated_ffn: bool = True,
+        qk_norm: bool = False,
+        attention_bias: bool = True,
+        rope_base_freq: float = 500000.0,
+        rope_reversed: bool = True,
+        max_position_embeddings: int | None = None,
+        rope_dynamic: bool = False,
+        rope_ntk_scale: float = 1.0,
+        rope_yarn_a: float = 0.07,
+        rope_yarn_b: float = 1.0,
+        max_key_values: int | None = None,
+        dropout_att_mat: float = 0.0,
+        dropout_att_out: float = 0.0,
+        dropout_ffn_int: float = 0.0,
+        dropout_ffn_out: float = 0.0,
+        recompute_kv: bool = False,
+        trainable_embeddings: bool = True,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "kernels-community/flash-attn",
+        kernel_revision: str | None = None,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        pad_token_id: int | None = 1,
+        bos_token_id: int | None = 2,
+        eos_token_id: int | list[int] | None = 2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_attention_heads = num_attention_heads
+        self.num_hidden_layers = num_hidden_layers
+        self.num_registers = num_registers
+        self.hidden_act = hidden_act
+        self.gated_ffn = gated_ffn
+        self.qk_norm = qk_norm
+        self.attention_bias = attention_bias
+        self.rope_base_freq = rope_base_freq
+        self.rope_reversed = rope_reversed
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_dynamic = rope_dynamic
+        self.rope_ntk_scale = rope_ntk_scale
+        self.rope_yarn_a = rope_yarn_a
+        self.rope_yarn_b = rope_yarn_b
+        self.max_key_values = max_key_values
+        self.dropout_att_mat = dropout_att_mat
+        self.dropout_att_out = dropout_att_out
+        self.dropout_ffn_int = dropout_ffn_int
+        self.dropout_ffn_out = dropout_ffn_out
+        self.recompute_kv = recompute_kv
+        self.trainable_embeddings = trainable_embeddings
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings  # the head is tied through head_proj, not by tie_weights
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self._check()
+        super().__init__(**kwargs)
+
+    def _check(self) -> None:
+        check_integers(self, ("vocab_size", "embedding_size", "hidden_size", "intermediate_size",
+                              "num_attention_heads", "num_hidden_layers"))
+        check_integers(self, ("num_registers",), minimum=0)
+        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must split into num_attention_heads ({self.num_attention_heads}) "
+                "heads of an even width (rotary embeddings rotate pairs)."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+        if self.rope_dynamic and not self.max_position_embeddings:
+            raise ValueError("rope_dynamic=True scales positions beyond max_position_embeddings, so it must be set "
+                             "(the research rope_positions, e.g. 4096).")
+        if self.max_key_values is not None and (not isinstance(self.max_key_values, int) or self.max_key_values < 0):
+            raise ValueError(f"max_key_values must be None (keep everything) or an integer >= 0, got "
+                             f"{self.max_key_values!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+
+__all__ = ["LSWTConfig"]

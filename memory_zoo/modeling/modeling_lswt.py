@@ -1,0 +1,387 @@
+"""PyTorch Long-Short-Working Transformer (LSWT): a transformer with a Transformer-XL key/value memory.
+
+Research code: Avelina9X/memory-transformer-pt4 (`src/model/`). Same numerics as the research model on GPU (flash
+attention semantics: scale `head_dim ** -0.5`, causal mask aligned bottom-right once a cache or registers lengthen the
+keys), reversed rotate-half RoPE recomputed from the cached length on every call, raw keys/values cached before
+normalisation and rotation and trimmed to `max_key_values` after attention. Differences, all deliberate:
+
+* the cache is a transformers `Cache` ([`LSWTCache`]), so `generate`, beam search and pipelines work under
+  transformers 5 (the research code indexed a list of tuples);
+* attention runs through SDPA with an explicit bottom-right mask on every device (the research CPU fallback scaled by
+  `n_heads ** -0.5`), or a flash-attention Hub kernel on GPUs when it loads;
+* `attention_mask` is honoured: padding is never attended to, so left-padded batches work (exactly when the model
+  is shift-invariant: no registers, no dynamic RoPE);
+* `labels` give the usual shifted next-token loss; frozen embeddings keep the model dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple, logging
+
+from ..configuration.configuration_lswt import LSWTConfig
+from ..hub_kernels.zoo_kernels import kernel_for
+from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+
+logger = logging.get_logger(__name__)
+
+
+class LSWTCacheLayer(DynamicLayer):
+    """One block's memory: raw keys and values `[batch, heads, positions, head_dim]` (before q/k normalisation and
+    rotation), or, for `recompute_kv` training, the attention inputs `[batch, 1, positions, hidden]` in `keys`."""
+
+    def trim(self, max_positions: int | None) -> None:
+        """Keep the last `max_positions` positions (`None` or 0 keeps everything, as in the research code)."""
+        if max_positions and self.is_initialized and self.keys.shape[-2] > max_positions:
+            self.keys = self.keys[..., -max_positions:, :]
+            self.values = self.values[..., -max_positions:, :]
+
+
+class LSWTCache(DynamicCache):
+    """Transformer-XL memory of an [`LSWTForCausalLM`]: one [`LSWTCacheLayer`] per block.
+
+    It can be carried from segment to segment (`detach()` it between optimizer steps, as the research training
+    does) and is trimmed to `max_key_values` positions after every call.
+    """
+
+    def __init__(self, config: LSWTConfig):
+        Cache.__init__(self, layers=[LSWTCacheLayer() for _ in range(config.num_hidden_layers)])
+        self.holds_states = False  # True for a recompute_kv (training) cache
+
+    def trim(self, max_positions: int | None) -> None:
+        for layer in self.layers:
+            layer.trim(max_positions)
+
+    def detach(self) -> LSWTCache:
+        """Cut the autograd graph (truncated backpropagation through time between segments); returns `self`."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        return self
+
+    def reset(self) -> None:
+        super().reset()
+        self.holds_states = False
+
+
+@dataclass
+class LSWTRotary:
+    """Rotary angles `[total, head_dim]` (rotate-half layout) and the YaRN scale of one call."""
+
+    angles: torch.Tensor
+    scale: float
+
+    @classmethod
+    def for_length(cls, config: LSWTConfig, total: int, device: torch.device) -> LSWTRotary:
+        dim = config.head_dim
+        ntk, scale = config.rope_ntk_scale, 1.0
+        if config.rope_dynamic:
+            stretch = max(total / config.max_position_embeddings, 1.0)
+            ntk = config.rope_ntk_scale * stretch**2
+            scale = config.rope_yarn_a * math.log(stretch) + config.rope_yarn_b
+        base = config.rope_base_freq * ntk ** (dim / (dim - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device).float() / dim))
+        positions = torch.arange(total, device=device).float()
+        if config.rope_reversed:  # the newest token is position 0
+            positions = positions.flip(0)
+        angles = torch.outer(positions, inv_freq)
+        return cls(torch.cat((angles, angles), dim=-1), scale)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate `x [B, H, n, head_dim]` by the angles of the last `n` positions (and apply the YaRN scale)."""
+        angles = self.angles[-x.shape[-2]:]
+        half = x.shape[-1] // 2
+        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        out = (x * angles.cos()).to(x.dtype) + (rotated_half * angles.sin()).to(x.dtype)
+        return out * self.scale if self.scale != 1.0 else out
+
+
+class LSWTHeadNorm(nn.Module):
+    """Per-head RMS normalisation `x / (rms(x) + eps) * weight[h]` (eps after the square root, research numerics)."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / (x.square().mean(-1, keepdim=True).sqrt() + self.eps)
+        return x * self.weight.to(x.dtype)[None, :, None, :]
+
+
+class LSWTAttention(nn.Module):
+    """Causal self-attention over the XL memory and the new tokens, with optional registers and q/k norms."""
+
+    def __init__(self, config: LSWTConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        width, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(width, width, bias=bias)
+        self.k_proj = nn.Linear(width, width, bias=bias)
+        self.v_proj = nn.Linear(width, width, bias=bias)
+        self.o_proj = nn.Linear(width, width, bias=bias)
+        self.q_norm = LSWTHeadNorm(self.num_heads, self.head_dim, config.layer_norm_eps) if config.qk_norm else None
+        self.k_norm = LSWTHeadNorm(self.num_heads, self.head_dim, config.layer_norm_eps) if config.qk_norm else None
+        shape = (1, self.num_heads, config.num_registers, self.head_dim)
+        self.registers_k = nn.Parameter(torch.empty(shape)) if config.num_registers else None
+        self.registers_v = nn.Parameter(torch.empty(shape)) if config.num_registers else None
+        self.dropout = nn.Dropout(config.dropout_att_out)
+        self.kernel = (config.kernel_repo_id, config.kernel_revision) if config.use_kernels else None
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, rotary: LSWTRotary, key_valid: torch.Tensor | None,
+                cache: LSWTCache | None) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        query = self._heads(self.q_proj(hidden_states))
+        if cache is not None and cache.holds_states:  # recompute_kv: the memory holds attention inputs
+            states, _ = cache.update(hidden_states[:, None], hidden_states.new_zeros(batch, 1, length, 0),
+                                     self.layer_idx)
+            key, value = self._heads(self.k_proj(states[:, 0])), self._heads(self.v_proj(states[:, 0]))
+        else:
+            key, value = self._heads(self.k_proj(hidden_states)), self._heads(self.v_proj(hidden_states))
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)  # raw: before norm and rotation
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = rotary.rotate(query), rotary.rotate(key)
+        if self.registers_k is not None:  # unrotated, uncached, seen by every query
+            registers = self.registers_k.shape[2]
+            key = torch.cat([(self.registers_k * rotary.scale).to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
+            value = torch.cat([(self.registers_v * rotary.scale).to(value.dtype).expand(batch, -1, -1, -1), value], 2)
+            if key_valid is not None:
+                key_valid = F.pad(key_valid, (registers, 0), value=True)
+        out = self._attend(query, key, value, key_valid)
+        return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
+
+    def _attend(self, query, key, value, key_valid):
+        queries, keys = query.shape[2], key.shape[2]
+        dropout = self.config.dropout_att_mat if self.training else 0.0
+        if key_valid is None and query.is_cuda and self.kernel is not None:
+            kernel = kernel_for(query, "flash_attn", *self.kernel)
+            if kernel is not None:  # flash attention aligns its causal mask bottom-right, as the research code needs
+                out = kernel.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             dropout_p=dropout, causal=True)
+                return out.transpose(1, 2)
+        if key_valid is None and queries == keys:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout)
+        # SDPA's is_causal aligns top-left: with memory or registers the mask must be explicit (bottom-right)
+        mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
+        if key_valid is not None:
+            mask = mask & key_valid[:, None, None, :]
+            mask = mask | ~mask.any(-1, keepdim=True)  # padding queries see something; their outputs are unused
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+
+
+class LSWTMLP(nn.Module):
+    """Feed-forward with biases: SwiGLU `down(up(x) * act(gate(x)))`, or `down(act(up(x)))`; research `fc1`/`fc2`
+    (fc1's first half is `up`, its second half `gate`)."""
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size) if config.gated_ffn else None
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.dropout_inner = nn.Dropout(config.dropout_ffn_int)
+        self.dropout_out = nn.Dropout(config.dropout_ffn_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is not None:
+            inner = self.up_proj(x) * self.act_fn(self.gate_proj(x))
+        else:
+            inner = self.act_fn(self.up_proj(x))
+        return self.dropout_out(self.down_proj(self.dropout_inner(inner)))
+
+
+class LSWTDecoderLayer(GradientCheckpointingLayer):
+    """Pre-LN block: attention over memory and segment, then the feed-forward, each with a residual."""
+
+    def __init__(self, config: LSWTConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = LSWTAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = LSWTMLP(config)
+
+    def forward(self, hidden_states, rotary, key_valid=None, past_key_values=None):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotary, key_valid,
+                                                       past_key_values)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class LSWTPreTrainedModel(ZooPreTrainedModel):
+    """Weight initialisation (research: N(0, 0.02), registers N(0, 1/sqrt(head_dim))), loading and remote code."""
+
+    config_class = LSWTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LSWTDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _auto_map_classes = {"AutoModel": "LSWTModel", "AutoModelForCausalLM": "LSWTForCausalLM"}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, LSWTHeadNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, LSWTAttention) and module.registers_k is not None:
+            init.normal_(module.registers_k, mean=0.0, std=module.head_dim**-0.5)
+            init.normal_(module.registers_v, mean=0.0, std=module.head_dim**-0.5)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model creates its LSWTCache itself
+
+
+class LSWTModel(LSWTPreTrainedModel):
+    """Embeddings (projected to the model width), blocks and the output LayerNorm."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^head_proj\."]
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.input_proj = nn.Linear(config.embedding_size, config.hidden_size, bias=False)
+        self.input_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList([LSWTDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+        if not config.trainable_embeddings:
+            self.embed_tokens.requires_grad_(False)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: LSWTCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        max_key_values: int | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        inputs_embeds: token embeddings of width `embedding_size` (the rows of `get_input_embeddings()`); they are
+            projected like `input_ids` embeddings.
+        max_key_values: positions of memory to keep after this call (default `config.max_key_values`; 0 or None
+            keeps everything).
+        Hidden states (with `output_hidden_states`) are the research list: the normed input, every block's output
+        and the final normed state (`num_hidden_layers + 2` tensors).
+        """
+        embeddings = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
+        hidden_states = self.input_norm(self.input_proj(embeddings.to(self.input_proj.weight.dtype)))
+        if self.gradient_checkpointing and self.training and past_key_values is not None:
+            raise ValueError("Gradient checkpointing cannot carry an XL memory through the checkpointed blocks; "
+                             "train segments without past_key_values, or turn activation checkpointing off.")
+        past_key_values = resolve_cache(self, past_key_values, use_cache, LSWTCache, "the XL memory")
+        states_mode = self.training and self.config.recompute_kv
+        if past_key_values is not None:
+            if past_key_values.get_seq_length() == 0:
+                past_key_values.holds_states = states_mode
+            elif past_key_values.holds_states != states_mode:
+                raise ValueError(
+                    "This cache holds " + ("attention inputs (recompute_kv training)" if past_key_values.holds_states
+                                           else "keys and values") + " but the model is in "
+                    + ("recompute_kv training" if states_mode else "key/value") + " mode; the two cannot be mixed "
+                    "(call model.train()/eval() consistently, or start a new cache)."
+                )
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        total = past + hidden_states.shape[1]
+        key_valid = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[-1] < total:
+                raise ValueError(f"attention_mask must be [batch, tokens so far] covering the {total} cached and new "
+                                 f"tokens, got {tuple(attention_mask.shape)}.")
+            valid = attention_mask[:, -total:].bool()
+            key_valid = None if bool(valid.all()) else valid
+        rotary = LSWTRotary.for_length(self.config, total, hidden_states.device)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, rotary, key_valid, past_key_values)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if past_key_values is not None:
+            past_key_values.trim(max_key_values if max_key_values is not None else self.config.max_key_values)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        )
+
+
+class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
+    """LSWT with its language-modelling head: `logits = head_proj(h) @ embed_tokens.weight^T` (tied to the input
+    embedding through `head_proj`, so there is no separate output matrix)."""
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__(config)
+        self.model = LSWTModel(config)
+        self.head_proj = nn.Linear(config.hidden_size, config.embedding_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> None:
+        return None  # the output matrix is the input embedding itself; resizing it resizes both
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: LSWTCache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        max_key_values: int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels: targets for the next-token loss (shifted inside; -100 ignored).
+        max_key_values: memory positions kept after this call (default `config.max_key_values`).
+        """
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
+            max_key_values=max_key_values,
+        )
+        projected = self.head_proj(kept_positions(outputs.last_hidden_state, logits_to_keep))
+        logits = F.linear(projected, self.model.embed_tokens.weight.to(projected.dtype))
+        loss = None
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTModel", "LSWTPreTrainedModel"]
