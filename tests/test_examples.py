@@ -148,3 +148,16 @@ def test_quickstart_trains_memory_layers_with_value_table_groups(tmp_path):
     assert "model: MemoryLayersForCausalLM" in result.stdout
     assert "cached and uncached greedy generation give the same 48 tokens: True" in result.stdout
     assert {"modeling_memory_layers.py", "zoo_layers.py", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kv_memory", "recompute_kv"])
+def test_lswt_segment_training_carries_a_detached_memory(recompute, tmp_path):
+    command = [sys.executable, str(ROOT / "examples" / "lswt_segment_training.py"), "--steps", "30",
+               "--output-dir", str(tmp_path / "model")] + (["--recompute-kv"] if recompute else [])
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"recompute_kv={recompute}" in result.stdout and "memory 32 positions" in result.stdout
+    summary = [line for line in result.stdout.splitlines() if line.startswith("train loss:")]
+    before, after = (float(x) for x in summary[0].split()[2:5:2])
+    assert after < before
+    assert (tmp_path / "model" / "modeling_lswt.py").is_file()
