@@ -152,3 +152,19 @@ def test_config_validation_and_research_aliases():
     config = LSWTConfig(d_model=64, n_heads=4, d_vocab=32, n_registers=2, rope_positions=128)
     assert (config.hidden_size, config.num_attention_heads, config.embedding_size, config.num_registers,
             config.max_position_embeddings) == (64, 4, 32, 2, 128)
+
+
+def test_warm_start_copies_a_parent_models_token_embeddings(tmp_path):
+    from transformers import OPTConfig, OPTModel
+
+    from memory_zoo.modeling.modeling_lswt import warm_start_embeddings
+
+    parent = OPTModel(OPTConfig(vocab_size=300, hidden_size=24, word_embed_proj_dim=24, num_hidden_layers=1,
+                                ffn_dim=32, num_attention_heads=2, max_position_embeddings=32))
+    parent.save_pretrained(tmp_path / "opt")
+    model = tiny_lswt()
+    copied = warm_start_embeddings(model, str(tmp_path / "opt"))
+    assert torch.equal(copied, parent.get_input_embeddings().weight)
+    assert torch.equal(model.model.embed_tokens.weight, parent.get_input_embeddings().weight)
+    with pytest.raises(ValueError, match="300 x 24 token embeddings but this LSWT needs 300 x 16"):
+        warm_start_embeddings(tiny_lswt(embedding_size=16), str(tmp_path / "opt"))

@@ -384,4 +384,28 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTModel", "LSWTPreTrainedModel"]
+def warm_start_embeddings(model: LSWTPreTrainedModel, parent: str, **from_pretrained_kwargs) -> torch.Tensor:
+    """Copy the token embeddings of `parent` into `model`, as the research code warm-starts from `facebook/opt-125m`.
+
+    `parent` is a local model folder or a Hub id (the research default is `"facebook/opt-125m"`: 50272 x 768, which
+    needs `vocab_size=50272, embedding_size=768`). Only the input embedding matrix is read; the parent's blocks are
+    not even built (`num_hidden_layers=0`). Returns the copied matrix.
+    """
+    from transformers import AutoModel
+
+    kwargs = {"num_hidden_layers": 0, **from_pretrained_kwargs}
+    source = AutoModel.from_pretrained(parent, **kwargs).get_input_embeddings().weight
+    target = model.get_input_embeddings().weight
+    if source.shape != target.shape:
+        raise ValueError(
+            f"{parent} has {source.shape[0]} x {source.shape[1]} token embeddings but this LSWT needs "
+            f"{target.shape[0]} x {target.shape[1]} (config.vocab_size x config.embedding_size); build the LSWT with "
+            "the parent's sizes (facebook/opt-125m: vocab_size=50272, embedding_size=768)."
+        )
+    with torch.no_grad():
+        target.copy_(source.to(target.dtype))
+    return target
+
+
+__all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTModel", "LSWTPreTrainedModel",
+           "warm_start_embeddings"]
