@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    FIXTURES,
     MEMORY_LAYERS_VARIANTS,
     MOSAICS_VARIANTS,
     VARIANTS,
@@ -65,7 +66,19 @@ def converted_memory_layers_checkpoint(tmp_path: Path, name: str, layout: str):
     return model, expected["input_ids"], expected["logits"]
 
 
+def converted_lswt_checkpoint(tmp_path: Path):
+    """The research save_pretrained folder (float16, model_type lsw_transformer) converted, and its logits."""
+    from safetensors.torch import load_file
+
+    from memory_zoo.conversion import convert
+
+    folder = FIXTURES / "lswt" / "causal_default"
+    expected = load_file(folder / "expected.safetensors")
+    return convert("lswt", folder, tmp_path / "converted"), expected["segment1"], expected["logits1"]
+
+
 CASES = {
+    "lswt-converted_research": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp)),
     "lswt-random": ("lswt", lambda tok, _: tiny_lswt(vocab_size=len(tok), qk_norm=True)),
     "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
     "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..modeling.modeling_lswt import LSWTForCausalLM
 from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
 from ..modeling.modeling_memory_layers import MemoryLayersForCausalLM
 from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
-from . import masked_mixer, memory_layers, memory_mosaics
+from . import lswt, masked_mixer, memory_layers, memory_mosaics
 from .common import (
     ConversionError,
     checkpoint_digest,
@@ -36,6 +37,8 @@ SOURCES = {
               MemoryMosaicsForCausalLM) for name in memory_mosaics.SOURCES},
     **{name: ("facebookresearch/memory", memory_layers.convert_memory_layers_checkpoint, MemoryLayersForCausalLM)
        for name in memory_layers.SOURCES},
+    **{name: ("Avelina9X/memory-transformer-pt4", lswt.convert_lswt_checkpoint, LSWTForCausalLM)
+       for name in lswt.SOURCES},
 }
 # Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
 _SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES}

@@ -1,0 +1,138 @@
+"""Convert Avelina9X/memory-transformer-pt4 (LSWT) checkpoints: the research `save_pretrained` folder.
+
+The research code saves `config.json` (`model_type` `"lsw_transformer"`, no `auto_map`) and float16
+`model.safetensors`; neither loads in transformers as it is. The config is read as plain JSON (research field names,
+mapped below) and the tensors are renamed; the SwiGLU `fc1` (`[up | gate]` rows) is split into `up_proj` and
+`gate_proj`. Checkpoints with reward heads (`LSWTForDPH`, current or legacy layout) are recognised and refused for
+now: their pooler is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..configuration.configuration_lswt import LSWTConfig
+from .common import ConversionError, TensorMapper
+
+SOURCES = ("lswt",)
+
+# research config field -> LSWTConfig field (fields with the same name are copied as they are)
+_RENAMED = {"d_vocab": "embedding_size", "d_model": "hidden_size", "d_ffn": "intermediate_size",
+            "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers", "n_registers": "num_registers",
+            "enable_bias": "attention_bias", "init_std": "initializer_range",
+            "rope_positions": "max_position_embeddings"}
+_COPIED = ("vocab_size", "hidden_act", "gated_ffn", "qk_norm", "rope_base_freq", "rope_reversed", "rope_dynamic",
+           "rope_ntk_scale", "rope_yarn_a", "rope_yarn_b", "dropout_att_mat", "dropout_att_out", "dropout_ffn_int",
+           "dropout_ffn_out", "recompute_kv", "trainable_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def read_lswt_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """`(state_dict, research config dict)` of a research `save_pretrained` folder (or its `model.safetensors`)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"{folder} has no config.json: point CHECKPOINT at the folder the research code saved "
+                              "with save_pretrained.")
+    try:
+        research = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{config_file} is not valid JSON: {error}") from None
+    if research.get("model_type") != "lsw_transformer":
+        raise ConversionError(f"{config_file} has model_type {research.get('model_type')!r}, not 'lsw_transformer': "
+                              "it is not an LSWT research checkpoint.")
+    weights = path if path.is_file() else folder / "model.safetensors"
+    if not weights.is_file():
+        shards = sorted(folder.glob("model-*.safetensors"))
+        if not shards:
+            raise ConversionError(f"{folder} holds no model.safetensors.")
+    from safetensors.torch import load_file
+
+    try:
+        files = [weights] if weights.is_file() else sorted(folder.glob("model-*.safetensors"))
+        state_dict = {k: v for file in files for k, v in load_file(str(file)).items()}
+    except Exception as error:
+        raise ConversionError(f"Could not read the weights in {folder}: {type(error).__name__}: {error}. The file is "
+                              "damaged; copy it again.") from error
+    return state_dict, research
+
+
+def convert_lswt_checkpoint(file, source: str, research_config: dict | None = None):
+    state_dict, research = read_lswt_checkpoint(file)
+    research.update(research_config or {})
+    return convert_lswt_state_dict(state_dict, source, research)
+
+
+def convert_lswt_state_dict(state_dict: dict[str, torch.Tensor], source: str, research: dict):
+    """Map a research state dict and its config dict; returns `(LSWTConfig, state dict of LSWTForCausalLM, notes)`."""
+    if source not in SOURCES:
+        raise ConversionError(f"Unknown LSWT source {source!r}; expected one of {', '.join(SOURCES)}.")
+    if any(key.startswith(("pooler.", "reward_heads.", "pooler_pipeline.")) for key in state_dict):
+        raise ConversionError(
+            "This is a direct-preference-head checkpoint (LSWTForDPH: pooler/reward head tensors); memory-zoo does not "
+            "convert its reward heads yet. Its language model alone can be converted by removing the pooler.*, "
+            "reward_heads.* and pooler_pipeline.* tensors."
+        )
+    if research.get("gated_att"):
+        raise ConversionError("config.json says gated_att=true, which the research model never implemented.")
+    if research.get("dropout_layers", 0.0) > 0:
+        raise ConversionError("config.json says dropout_layers > 0, which the research model refuses to build.")
+    notes = []
+    settings = {ours: research[theirs] for theirs, ours in _RENAMED.items() if theirs in research}
+    settings.update({name: research[name] for name in _COPIED if name in research})
+    if research.get("parent_embeddings"):
+        notes.append(f"trained from {research['parent_embeddings']} embeddings (tokenizer: that model's; not copied)")
+    config = LSWTConfig(**settings)
+
+    mapper = TensorMapper(state_dict)
+    embed = mapper.move("model.input_embedding.embedding.weight", "model.embed_tokens.weight")
+    if tuple(embed.shape) != (config.vocab_size, config.embedding_size):
+        raise ConversionError(f"The embedding is {tuple(embed.shape)} but config.json says vocab_size="
+                              f"{config.vocab_size}, d_vocab={config.embedding_size}.")
+    mapper.move("model.input_proj.weight", "model.input_proj.weight")
+    for name in ("weight", "bias"):
+        mapper.move(f"model.input_norm.{name}", f"model.input_norm.{name}")
+        mapper.move(f"model.output_norm.{name}", f"model.norm.{name}")
+    blocks = sorted({int(m.group(1)) for key in state_dict if (m := re.match(r"model\.blocks\.(\d+)\.", key))})
+    if blocks != list(range(config.num_hidden_layers)):
+        raise ConversionError(f"The checkpoint has blocks {blocks} but config.json says n_layers="
+                              f"{config.num_hidden_layers}.")
+    width = config.intermediate_size
+    for i in blocks:
+        old, new = f"model.blocks.{i}.", f"model.layers.{i}."
+        for name in ("weight", "bias"):
+            mapper.move(f"{old}att_norm.{name}", f"{new}input_layernorm.{name}")
+            mapper.move(f"{old}ffn_norm.{name}", f"{new}post_attention_layernorm.{name}")
+        for proj in "qkvo":
+            mapper.move(f"{old}att.proj_{proj}.weight", f"{new}self_attn.{proj}_proj.weight")
+            if config.attention_bias:
+                mapper.move(f"{old}att.proj_{proj}.bias", f"{new}self_attn.{proj}_proj.bias")
+        for name in ("q_norm.weight", "k_norm.weight", "registers_k", "registers_v"):
+            mapper.move_optional(f"{old}att.{name}", f"{new}self_attn.{name}")
+        fc1_weight, fc1_bias = mapper.source.pop(f"{old}ffn.fc1.weight", None), mapper.source.pop(f"{old}ffn.fc1.bias", None)
+        if fc1_weight is None or fc1_bias is None:
+            raise ConversionError(f"The checkpoint has no tensor '{old}ffn.fc1.weight' / '.bias'.")
+        rows = 2 * width if config.gated_ffn else width
+        if fc1_weight.shape[0] != rows:
+            raise ConversionError(f"{old}ffn.fc1.weight has {fc1_weight.shape[0]} rows; gated_ffn={config.gated_ffn} "
+                                  f"with d_ffn={width} needs {rows}.")
+        # the research SwiGLU multiplies the FIRST half (value) by act(SECOND half)
+        mapper.target[f"{new}mlp.up_proj.weight"], mapper.target[f"{new}mlp.up_proj.bias"] = fc1_weight[:width], fc1_bias[:width]
+        if config.gated_ffn:
+            mapper.target[f"{new}mlp.gate_proj.weight"] = fc1_weight[width:]
+            mapper.target[f"{new}mlp.gate_proj.bias"] = fc1_bias[width:]
+        mapper.move(f"{old}ffn.fc2.weight", f"{new}mlp.down_proj.weight")
+        mapper.move(f"{old}ffn.fc2.bias", f"{new}mlp.down_proj.bias")
+    mapper.move("head_proj.weight", "head_proj.weight")
+    if mapper.source:
+        raise ConversionError(f"Unexpected tensors in the checkpoint: {', '.join(sorted(mapper.source))}.")
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state_dict.values()})
+    notes.append(f"checkpoint dtype(s): {', '.join(dtypes)}")
+    return config, mapper.target, notes
+
+
+__all__ = ["SOURCES", "convert_lswt_checkpoint", "convert_lswt_state_dict", "read_lswt_checkpoint"]
