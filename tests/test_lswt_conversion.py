@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from memory_zoo import LSWTForCausalLM
 from memory_zoo.conversion import ConversionError, convert
+from memory_zoo.modeling.modeling_lswt import LSWTForPreferenceHeads
 
 LSWT = FIXTURES / "lswt"
 CAUSAL = sorted(p.name for p in LSWT.iterdir() if p.is_dir() and not p.name.startswith("dph"))
-DPH = sorted(p.name for p in LSWT.iterdir() if p.is_dir() and p.name.startswith("dph"))
 TOLERANCE = 1e-4
 
 
@@ -58,10 +58,27 @@ def test_converted_config_maps_every_research_field(tmp_path):
     assert any("float16" in note for note in notes)
 
 
-@pytest.mark.parametrize("name", DPH)
-def test_reward_head_checkpoints_are_refused_clearly_for_now(name, tmp_path):
-    with pytest.raises(ConversionError, match="direct-preference-head checkpoint"):
-        convert("lswt", LSWT / name, tmp_path / "out")
+@pytest.mark.parametrize("name, config", [("dph_cls", None), ("dph_legacy", {"cls_token_id": 5})])
+def test_preference_head_checkpoints_match_research_rewards(name, config, tmp_path):
+    expected = load_file(LSWT / name / "expected.safetensors")
+    convert("lswt", LSWT / name, tmp_path / "out", config=config)
+    model = LSWTForPreferenceHeads.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        out = model(expected["dph_input"], use_cache=False)
+    torch.testing.assert_close(out.logits, expected["dph_logits"], atol=TOLERANCE, rtol=0)
+    assert set(out.rewards) == {k.removeprefix("rewards.") for k in expected if k.startswith("rewards.")}
+    for head, reward in out.rewards.items():
+        torch.testing.assert_close(reward, expected[f"rewards.{head}"], atol=TOLERANCE, rtol=0)
+    # a preference-head model is still a language model: it generates
+    prompt = expected["generate_prompt"].reshape(1, -1)
+    assert model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape == (1, 9)
+
+
+def test_legacy_preference_heads_need_the_class_token_and_the_attention_pooler_is_refused(tmp_path):
+    with pytest.raises(ConversionError, match=r"do not record the token rewards are read at.*--config"):
+        convert("lswt", LSWT / "dph_legacy", tmp_path / "out")
+    with pytest.raises(ConversionError, match="attention token pooler"):
+        convert("lswt", LSWT / "dph_weighted_attn", tmp_path / "out")
 
 
 def test_bad_folders_get_clear_errors(tmp_path):

@@ -168,3 +168,33 @@ def test_warm_start_copies_a_parent_models_token_embeddings(tmp_path):
     assert torch.equal(model.model.embed_tokens.weight, parent.get_input_embeddings().weight)
     with pytest.raises(ValueError, match="300 x 24 token embeddings but this LSWT needs 300 x 16"):
         warm_start_embeddings(tiny_lswt(embedding_size=16), str(tmp_path / "opt"))
+
+
+def test_preference_heads_pool_read_at_the_last_class_token():
+    from memory_zoo.modeling.modeling_lswt import LSWTForPreferenceHeads, sgpt_pooling
+
+    pooler = {"reward_heads": ["helpful", "honest"], "reward_head_bias": True, "layer_pooling": "weighted_sum",
+              "layer_pooling_select": [3, 1, 2, -1], "layer_pooling_norm": "post", "embedding_pooling": "sgpt",
+              "token_pooling_config": {"cls_token_id": 5}}
+    torch.manual_seed(0)
+    from conftest import tiny_lswt_config
+
+    model = LSWTForPreferenceHeads(tiny_lswt_config(pooler_config=pooler)).eval()
+    input_ids = torch.randint(10, 300, (2, 9))
+    input_ids[0, [2, 6]] = 5
+    input_ids[1, 3] = 5
+    out = model(input_ids)
+    assert set(out.rewards) == {"helpful", "honest"} and out.rewards["helpful"].shape == (2, 1)
+    # by hand: ascending layers 1..3 (negative indices dropped, as in the research code), softmax weights, post norms,
+    # SGPT pooling restarted at every class token, read at each row's last one
+    hidden = model.model(input_ids, output_hidden_states=True).hidden_states
+    pooler_module = model.pooler
+    mixed = (pooler_module.layer_weighting.softmax(0) * torch.stack([hidden[i] for i in (1, 2, 3)])).sum(0)
+    states = sgpt_pooling(pooler_module.token_norm_post(pooler_module.layer_norm_post(mixed)), input_ids == 5)
+    picked = torch.stack([states[0, 6], states[1, 3]])
+    torch.testing.assert_close(out.rewards["honest"], pooler_module.reward_heads["honest"](picked))
+    # sgpt: within a group the mean weights position j by its 1-based index
+    x = torch.randn(1, 4, 3)
+    restart = torch.tensor([[False, True, False, False]])
+    expected = torch.stack([x[0, 0], x[0, 1], (x[0, 1] + 2 * x[0, 2]) / 2, (x[0, 1] + 2 * x[0, 2] + 3 * x[0, 3]) / 3])
+    torch.testing.assert_close(sgpt_pooling(x, restart)[0], expected)

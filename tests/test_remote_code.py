@@ -66,19 +66,20 @@ def converted_memory_layers_checkpoint(tmp_path: Path, name: str, layout: str):
     return model, expected["input_ids"], expected["logits"]
 
 
-def converted_lswt_checkpoint(tmp_path: Path):
-    """The research save_pretrained folder (float16, model_type lsw_transformer) converted, and its logits."""
+def converted_lswt_checkpoint(tmp_path: Path, name: str = "causal_default"):
+    """A research save_pretrained folder (float16, model_type lsw_transformer) converted, and its logits."""
     from safetensors.torch import load_file
 
     from memory_zoo.conversion import convert
 
-    folder = FIXTURES / "lswt" / "causal_default"
+    folder = FIXTURES / "lswt" / name
     expected = load_file(folder / "expected.safetensors")
     return convert("lswt", folder, tmp_path / "converted"), expected["segment1"], expected["logits1"]
 
 
 CASES = {
     "lswt-converted_research": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp)),
+    "lswt-converted_preference_heads": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp, "dph_cls")),
     "lswt-random": ("lswt", lambda tok, _: tiny_lswt(vocab_size=len(tok), qk_norm=True)),
     "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
     "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),

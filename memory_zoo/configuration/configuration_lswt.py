@@ -60,6 +60,15 @@ class LSWTConfig(PretrainedConfig):
             (`kernel_repo_id`) when it loads, else SDPA.
         kernel_repo_id (`str`, defaults to `"kernels-community/flash-attn"`), kernel_revision (`str`, *optional*).
         use_cache (`bool`, defaults to `True`): return an [`LSWTCache`].
+        pooler_config (`dict`, *optional*): the direct preference heads of [`LSWTForPreferenceHeads`] (research
+            `LSWTPoolerConfig` fields): `reward_heads` (list of head names), `reward_head_bias`, `embedding_dropout`,
+            `layer_pooling` (`"layer"`: the hidden state `layer_pooling_select`, default -1 = final normed state;
+            `"weighted_sum"`: softmax-weighted sum of the hidden states listed in `layer_pooling_select`),
+            `layer_pooling_norm` (`"post"`: LayerNorms after layer and token pooling), `token_pooling` (`"cls"`),
+            `token_pooling_config` (`{"cls_token_id": ...}`: rewards are read at the last such token),
+            `embedding_pooling` (`None` or `"sgpt"`: a weighted running mean restarted at every CLS token), and, for
+            research checkpoints of the legacy format, `legacy_pipeline` (`"identity"`, `"bert"`, `"t5"`,
+            `"swiglu_bert"` or `"swiglu_t5"`: the projection applied to the final state before the heads).
         pad_token_id / bos_token_id / eos_token_id (`int`, defaults to 1 / 2 / 2): OPT ids.
     """
 
@@ -102,6 +111,7 @@ class LSWTConfig(PretrainedConfig):
         kernel_repo_id: str | None = "kernels-community/flash-attn",
         kernel_revision: str | None = None,
         use_cache: bool = True,
+        pooler_config: dict | None = None,
         tie_word_embeddings: bool = False,
         pad_token_id: int | None = 1,
         bos_token_id: int | None = 2,
@@ -139,6 +149,7 @@ class LSWTConfig(PretrainedConfig):
         self.kernel_repo_id = kernel_repo_id
         self.kernel_revision = kernel_revision
         self.use_cache = use_cache
+        self.pooler_config = _pooler_defaults(pooler_config)
         self.tie_word_embeddings = tie_word_embeddings  # the head is tied through head_proj, not by tie_weights
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -164,10 +175,35 @@ class LSWTConfig(PretrainedConfig):
             raise ValueError(f"max_key_values must be None (keep everything) or an integer >= 0, got "
                              f"{self.max_key_values!r}.")
 
+        pooler = self.pooler_config
+        if pooler["layer_pooling"] not in ("layer", "weighted_sum"):
+            raise ValueError(f"pooler_config.layer_pooling must be 'layer' or 'weighted_sum', got {pooler['layer_pooling']!r}.")
+        if pooler["token_pooling"] not in ("cls", "attn"):
+            raise ValueError(f"pooler_config.token_pooling must be 'cls' or 'attn', got {pooler['token_pooling']!r}.")
+        if pooler["embedding_pooling"] not in (None, "sgpt"):
+            raise ValueError(f"pooler_config.embedding_pooling must be None or 'sgpt', got {pooler['embedding_pooling']!r}.")
+        if pooler["legacy_pipeline"] not in (None, *LEGACY_PIPELINES):
+            raise ValueError(f"pooler_config.legacy_pipeline must be None or one of {LEGACY_PIPELINES}, got "
+                             f"{pooler['legacy_pipeline']!r}.")
+
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.num_attention_heads
+
+
+LEGACY_PIPELINES = ("identity", "bert", "t5", "swiglu_bert", "swiglu_t5")
+_POOLER_DEFAULTS = {"reward_heads": None, "reward_head_bias": False, "embedding_dropout": 0.0, "layer_pooling": "layer",
+                    "layer_pooling_norm": None, "layer_pooling_select": -1, "layer_pooling_dropout": 0.0,
+                    "token_pooling": "cls", "token_pooling_config": {}, "embedding_pooling": None,
+                    "legacy_pipeline": None}
+
+
+def _pooler_defaults(pooler: dict | None) -> dict:
+    """The research `LSWTPoolerConfig` fields with their defaults filled in (unknown research fields are kept)."""
+    pooler = dict(pooler or {})
+    pooler.pop("model_type", None)
+    return {**_POOLER_DEFAULTS, **pooler}
 
 
 __all__ = ["LSWTConfig"]

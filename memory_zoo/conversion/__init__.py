@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..modeling.modeling_lswt import LSWTForCausalLM
+from ..modeling.modeling_lswt import LSWTForCausalLM, LSWTForPreferenceHeads
 from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
 from ..modeling.modeling_memory_layers import MemoryLayersForCausalLM
 from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
@@ -28,7 +28,11 @@ def _masked_mixer_checkpoint(file, source: str, research_config: dict):
     return masked_mixer.convert_masked_mixer_state_dict(load_state_dict(file), source, research_config)
 
 
-# SOURCE name -> (research repository, checkpoint converter, model class). A checkpoint converter reads the file and
+def _lswt_class(config) -> type:
+    return LSWTForPreferenceHeads if config.pooler_config.get("reward_heads") is not None else LSWTForCausalLM
+
+
+# SOURCE name -> (research repository, checkpoint converter, model class or a function of the config giving it). A checkpoint converter reads the file and
 # returns (config, state dict of the model class, notes).
 SOURCES = {
     **{name: ("blbadger/maskedmixers", _masked_mixer_checkpoint, MaskedMixerForCausalLM)
@@ -37,7 +41,7 @@ SOURCES = {
               MemoryMosaicsForCausalLM) for name in memory_mosaics.SOURCES},
     **{name: ("facebookresearch/memory", memory_layers.convert_memory_layers_checkpoint, MemoryLayersForCausalLM)
        for name in memory_layers.SOURCES},
-    **{name: ("Avelina9X/memory-transformer-pt4", lswt.convert_lswt_checkpoint, LSWTForCausalLM)
+    **{name: ("Avelina9X/memory-transformer-pt4", lswt.convert_lswt_checkpoint, _lswt_class)
        for name in lswt.SOURCES},
 }
 # Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
@@ -81,6 +85,8 @@ def convert(
             raise ConversionError(f"The tokenizer has {len(tok)} tokens but the checkpoint only {model_config.vocab_size} "
                                   "embeddings: it is not the tokenizer this model was trained with.")
 
+    if not isinstance(model_class, type):
+        model_class = model_class(model_config)
     model = model_class(model_config)
     result = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not (model_config.tie_word_embeddings and k == "lm_head.weight")]

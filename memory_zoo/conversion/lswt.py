@@ -3,8 +3,9 @@
 The research code saves `config.json` (`model_type` `"lsw_transformer"`, no `auto_map`) and float16
 `model.safetensors`; neither loads in transformers as it is. The config is read as plain JSON (research field names,
 mapped below) and the tensors are renamed; the SwiGLU `fc1` (`[up | gate]` rows) is split into `up_proj` and
-`gate_proj`. Checkpoints with reward heads (`LSWTForDPH`, current or legacy layout) are recognised and refused for
-now: their pooler is not implemented yet.
+`gate_proj`. Checkpoints with reward heads (`LSWTForDPH`) convert to `LSWTForPreferenceHeads`, in the current layout
+(`pooler.*`, class-token pooling) and in the legacy one (`reward_heads.*` + `pooler_pipeline.*`); the attention token
+pooler is not implemented yet and is refused.
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ def convert_lswt_state_dict(state_dict: dict[str, torch.Tensor], source: str, re
     """Map a research state dict and its config dict; returns `(LSWTConfig, state dict of LSWTForCausalLM, notes)`."""
     if source not in SOURCES:
         raise ConversionError(f"Unknown LSWT source {source!r}; expected one of {', '.join(SOURCES)}.")
-    if any(key.startswith(("pooler.", "reward_heads.", "pooler_pipeline.")) for key in state_dict):
+    if any(key.startswith("pooler.token_pooler.") for key in state_dict):
         raise ConversionError(
-            "This is a direct-preference-head checkpoint (LSWTForDPH: pooler/reward head tensors); memory-zoo does not "
-            "convert its reward heads yet. Its language model alone can be converted by removing the pooler.*, "
-            "reward_heads.* and pooler_pipeline.* tensors."
+            "This direct-preference-head checkpoint uses the attention token pooler (token_pooling='attn'), which "
+            "memory-zoo does not implement yet; its language model alone converts once the pooler.* tensors are removed."
         )
     if research.get("gated_att"):
         raise ConversionError("config.json says gated_att=true, which the research model never implemented.")
@@ -84,6 +84,11 @@ def convert_lswt_state_dict(state_dict: dict[str, torch.Tensor], source: str, re
     notes = []
     settings = {ours: research[theirs] for theirs, ours in _RENAMED.items() if theirs in research}
     settings.update({name: research[name] for name in _COPIED if name in research})
+    if "hidden_act" not in research and not research.get("gated_ffn", True):
+        settings["hidden_act"] = "gelu"  # configs of the legacy era did not record it; their plain MLP was exact GELU
+    pooler = _pooler_settings(state_dict, research, notes)
+    if pooler is not None:
+        settings["pooler_config"] = pooler
     if research.get("parent_embeddings"):
         notes.append(f"trained from {research['parent_embeddings']} embeddings (tokenizer: that model's; not copied)")
     config = LSWTConfig(**settings)
@@ -128,11 +133,58 @@ def convert_lswt_state_dict(state_dict: dict[str, torch.Tensor], source: str, re
         mapper.move(f"{old}ffn.fc2.weight", f"{new}mlp.down_proj.weight")
         mapper.move(f"{old}ffn.fc2.bias", f"{new}mlp.down_proj.bias")
     mapper.move("head_proj.weight", "head_proj.weight")
+    if pooler is not None:
+        _map_pooler(mapper, pooler)
     if mapper.source:
         raise ConversionError(f"Unexpected tensors in the checkpoint: {', '.join(sorted(mapper.source))}.")
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state_dict.values()})
     notes.append(f"checkpoint dtype(s): {', '.join(dtypes)}")
     return config, mapper.target, notes
+
+
+# legacy `pooler_pipeline` Sequential indices of the linear layers, per `reward_pooler`
+_LEGACY_LINEARS = {"identity": {}, "bert": {0: "legacy_dense"}, "t5": {1: "legacy_dense"},
+                   "swiglu_bert": {0: "legacy_up", 2: "legacy_down"}, "swiglu_t5": {1: "legacy_up", 3: "legacy_down"}}
+
+
+def _pooler_settings(state_dict: dict, research: dict, notes: list[str]) -> dict | None:
+    """The `pooler_config` of a reward-head checkpoint (current or legacy layout), or None for a language model."""
+    if any(key.startswith("pooler.") for key in state_dict):
+        pooler = dict(research.get("pooler_config") or {})
+        notes.append(f"direct preference heads: {pooler.get('reward_heads')}")
+        return pooler
+    if any(key.startswith(("reward_heads.", "pooler_pipeline.")) for key in state_dict):
+        kind = research.get("reward_pooler", "identity")
+        if kind not in _LEGACY_LINEARS:
+            raise ConversionError(f"Unknown legacy reward_pooler {kind!r}; expected one of {sorted(_LEGACY_LINEARS)}.")
+        if "cls_token_id" not in research:
+            raise ConversionError(
+                "Legacy reward-head checkpoints do not record the token rewards are read at (the research code took "
+                "tokenizer.cls_token_id, <|im_end|> = 50266 with its chat tokenizer): pass it with --config "
+                '\'{"cls_token_id": 50266}\'.'
+            )
+        notes.append(f"legacy direct preference heads ({kind} pooler), read at token {research['cls_token_id']}")
+        return {"reward_heads": list(research.get("reward_heads") or []), "reward_head_bias": False,
+                "embedding_dropout": research.get("reward_dropout", 0.0), "legacy_pipeline": kind,
+                "token_pooling_config": {"cls_token_id": int(research["cls_token_id"])}}
+    return None
+
+
+def _map_pooler(mapper: TensorMapper, pooler: dict) -> None:
+    legacy = pooler.get("legacy_pipeline")
+    for name in pooler.get("reward_heads") or []:
+        prefix = "reward_heads." if legacy else "pooler.reward_heads."
+        mapper.move(f"{prefix}{name}.weight", f"pooler.reward_heads.{name}.weight")
+        mapper.move_optional(f"{prefix}{name}.bias", f"pooler.reward_heads.{name}.bias")
+    if legacy:
+        for index, ours in _LEGACY_LINEARS[legacy].items():
+            mapper.move(f"pooler_pipeline.{index}.weight", f"pooler.{ours}.weight")
+            mapper.move(f"pooler_pipeline.{index}.bias", f"pooler.{ours}.bias")
+        return
+    mapper.move_optional("pooler.layer_pooler.layer_weighting", "pooler.layer_weighting")
+    for norm in ("layer_norm_post", "token_norm_post"):
+        for part in ("weight", "bias"):
+            mapper.move_optional(f"pooler.{norm}.{part}", f"pooler.{norm}.{part}")
 
 
 __all__ = ["SOURCES", "convert_lswt_checkpoint", "convert_lswt_state_dict", "read_lswt_checkpoint"]

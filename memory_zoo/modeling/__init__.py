@@ -1,6 +1,6 @@
 """PyTorch models, one module per architecture; each module is exported flat as remote code when saved."""
 
-from .modeling_lswt import LSWTCache, LSWTForCausalLM, LSWTModel, LSWTPreTrainedModel
+from .modeling_lswt import LSWTCache, LSWTForCausalLM, LSWTForPreferenceHeads, LSWTModel, LSWTPreTrainedModel
 from .modeling_masked_mixer import (
     MaskedMixerCache,
     MaskedMixerCacheLayer,
@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointMismatchError",
     "LSWTCache",
     "LSWTForCausalLM",
+    "LSWTForPreferenceHeads",
     "LSWTModel",
     "LSWTPreTrainedModel",
     "MaskedMixerCache",

@@ -259,7 +259,7 @@ class LSWTPreTrainedModel(ZooPreTrainedModel):
 class LSWTModel(LSWTPreTrainedModel):
     """Embeddings (projected to the model width), blocks and the output LayerNorm."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^head_proj\."]
+    _keys_to_ignore_on_load_unexpected = [r"^head_proj\.", r"^pooler\."]
 
     def __init__(self, config: LSWTConfig):
         super().__init__(config)
@@ -340,7 +340,10 @@ class LSWTModel(LSWTPreTrainedModel):
 
 class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
     """LSWT with its language-modelling head: `logits = head_proj(h) @ embed_tokens.weight^T` (tied to the input
-    embedding through `head_proj`, so there is no separate output matrix)."""
+    embedding through `head_proj`, so there is no separate output matrix). Loading a preference-head checkpoint into
+    it keeps the language model and leaves the reward heads behind."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
 
     def __init__(self, config: LSWTConfig):
         super().__init__(config)
@@ -384,6 +387,116 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         )
 
 
+def _group_cumsum(x: torch.Tensor, restart: torch.Tensor) -> torch.Tensor:
+    """Running sums over time `[B, T, D]` that restart at every position where `restart [B, T]` is True."""
+    total = x.cumsum(1)
+    before = total - x
+    start = (torch.arange(x.shape[1], device=x.device) * restart).cummax(1).values  # last restart at or before t
+    return total - before.gather(1, start[..., None].expand_as(x))
+
+
+def sgpt_pooling(states: torch.Tensor, restart: torch.Tensor) -> torch.Tensor:
+    """SGPT position-weighted running mean `sum_{j<=t} c_j x_j / c_t` within groups that start at each CLS token
+    (`c` = 1-based index in the group), computed in float32."""
+    x = states.float()
+    count = _group_cumsum(torch.ones_like(x[..., :1]), restart)
+    return (_group_cumsum(x * count, restart) / count).to(states.dtype)
+
+
+class LSWTPreferencePooler(nn.Module):
+    """Direct preference heads (research `LSWTPooler`): pool the hidden states, read them at the last CLS token and
+    score them with one `Linear(hidden, 1)` per reward head."""
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__()
+        pooler = config.pooler_config
+        if pooler["reward_heads"] is None:
+            raise ValueError("config.pooler_config['reward_heads'] must list the reward heads (an empty list for none).")
+        if pooler["token_pooling"] != "cls":
+            raise NotImplementedError(
+                f"token_pooling={pooler['token_pooling']!r} (the research attention pooler) is not implemented yet; "
+                "use 'cls'."
+            )
+        if "cls_token_id" not in pooler["token_pooling_config"]:
+            raise ValueError("config.pooler_config['token_pooling_config'] needs 'cls_token_id': rewards are read at the "
+                             "last such token (research: <|im_end|>).")
+        self.cls_token_id = int(pooler["token_pooling_config"]["cls_token_id"])
+        self.select = pooler["layer_pooling_select"]
+        width = config.hidden_size
+        self.layer_weighting = None
+        if pooler["layer_pooling"] == "weighted_sum":
+            self.select = sorted(i for i in self.select if i >= 0)  # research: ascending, negative indices dropped
+            self.layer_weighting = nn.Parameter(torch.ones(len(self.select), 1, 1, 1))
+        self.layer_dropout = nn.Dropout(pooler["layer_pooling_dropout"])
+        post = pooler["layer_pooling_norm"] == "post"
+        self.layer_norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps) if post else None
+        self.token_norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps) if post else None
+        self.sgpt = pooler["embedding_pooling"] == "sgpt"
+        legacy = pooler["legacy_pipeline"]
+        self.legacy_dense = nn.Linear(width, width) if legacy in ("bert", "t5") else None
+        self.legacy_up = nn.Linear(width, 2 * config.intermediate_size) if legacy in ("swiglu_bert", "swiglu_t5") else None
+        self.legacy_down = nn.Linear(config.intermediate_size, width) if self.legacy_up is not None else None
+        self.legacy = legacy
+        self.dropout = nn.Dropout(pooler["embedding_dropout"])
+        self.reward_heads = nn.ModuleDict({name: nn.Linear(width, 1, bias=pooler["reward_head_bias"])
+                                           for name in pooler["reward_heads"]})
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.layer_weighting is None:
+            states = hidden_states[self.select]
+        else:
+            stacked = torch.stack([hidden_states[i] for i in self.select])
+            keep = self.layer_dropout(stacked.new_ones(stacked.shape[0], stacked.shape[1], 1, 1))
+            states = (self.layer_weighting.softmax(0) * keep * stacked).sum(0)
+        if self.layer_norm_post is not None:
+            states = self.token_norm_post(self.layer_norm_post(states))  # token pooling ("cls") is the identity
+        is_cls = input_ids == self.cls_token_id
+        if self.sgpt:
+            states = sgpt_pooling(states, is_cls)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_cls = torch.where(is_cls, positions, -1).max(-1).values  # -1 (the last token) where a row has none
+        pooled = states[torch.arange(input_ids.shape[0], device=input_ids.device), last_cls]
+        if self.legacy_dense is not None:
+            pooled = torch.tanh(self.legacy_dense(pooled))
+        elif self.legacy_up is not None:
+            value, gate = self.legacy_up(pooled).chunk(2, dim=-1)
+            pooled = torch.tanh(self.legacy_down(value * F.silu(gate)))
+        pooled = self.dropout(pooled)
+        return {name: head(pooled) for name, head in self.reward_heads.items()}
+
+
+@dataclass
+class LSWTPreferenceOutput(CausalLMOutputWithPast):
+    """[`CausalLMOutputWithPast`] plus `rewards`: `{head name: [batch, 1]}` read at each row's last CLS token."""
+
+    rewards: dict[str, torch.Tensor] | None = None
+
+
+class LSWTForPreferenceHeads(LSWTForCausalLM):
+    """LSWT language model with direct preference heads (research `LSWTForDPH`): one forward returns the LM logits
+    and a reward per head, read at the last `pooler_config["token_pooling_config"]["cls_token_id"]` token."""
+
+    _auto_map_classes = {"AutoModel": "LSWTModel", "AutoModelForCausalLM": "LSWTForPreferenceHeads"}
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__(config)
+        self.pooler = LSWTPreferencePooler(config)
+        self.post_init()
+
+    def forward(self, input_ids: torch.LongTensor | None = None, output_hidden_states: bool | None = None,
+                **kwargs) -> LSWTPreferenceOutput:
+        if input_ids is None:
+            raise ValueError("LSWTForPreferenceHeads needs input_ids: rewards are read at the last CLS token.")
+        outputs = super().forward(input_ids=input_ids, output_hidden_states=True, **kwargs)
+        if outputs.past_key_values is not None and outputs.past_key_values.get_seq_length() > input_ids.shape[1]:
+            logger.warning_once("Rewards are computed from the current call's tokens only, not from the memory.")
+        rewards = self.pooler(outputs.hidden_states, input_ids)
+        return LSWTPreferenceOutput(
+            loss=outputs.loss, logits=outputs.logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states if output_hidden_states else None, rewards=rewards,
+        )
+
+
 def warm_start_embeddings(model: LSWTPreTrainedModel, parent: str, **from_pretrained_kwargs) -> torch.Tensor:
     """Copy the token embeddings of `parent` into `model`, as the research code warm-starts from `facebook/opt-125m`.
 
@@ -407,5 +520,5 @@ def warm_start_embeddings(model: LSWTPreTrainedModel, parent: str, **from_pretra
     return target
 
 
-__all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTModel", "LSWTPreTrainedModel",
-           "warm_start_embeddings"]
+__all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTForPreferenceHeads", "LSWTModel",
+           "LSWTPreTrainedModel", "LSWTPreferenceOutput", "warm_start_embeddings"]
