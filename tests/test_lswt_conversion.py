@@ -58,7 +58,8 @@ def test_converted_config_maps_every_research_field(tmp_path):
     assert any("float16" in note for note in notes)
 
 
-@pytest.mark.parametrize("name, config", [("dph_cls", None), ("dph_legacy", {"cls_token_id": 5})])
+@pytest.mark.parametrize("name, config", [("dph_cls", None), ("dph_weighted_attn", None),
+                                          ("dph_legacy", {"cls_token_id": 5})])
 def test_preference_head_checkpoints_match_research_rewards(name, config, tmp_path):
     expected = load_file(LSWT / name / "expected.safetensors")
     convert("lswt", LSWT / name, tmp_path / "out", config=config)
@@ -69,16 +70,19 @@ def test_preference_head_checkpoints_match_research_rewards(name, config, tmp_pa
     assert set(out.rewards) == {k.removeprefix("rewards.") for k in expected if k.startswith("rewards.")}
     for head, reward in out.rewards.items():
         torch.testing.assert_close(reward, expected[f"rewards.{head}"], atol=TOLERANCE, rtol=0)
+    if "dph_embeddings_seq" in expected:  # every token's pooled embedding (checks padding masks and SGPT too)
+        with torch.no_grad():
+            hidden = model.model(expected["dph_input"], use_cache=False, output_hidden_states=True).hidden_states
+            states = model.pooler.pooled_states(hidden, expected["dph_input"])
+        torch.testing.assert_close(states, expected["dph_embeddings_seq"], atol=TOLERANCE, rtol=0)
     # a preference-head model is still a language model: it generates
     prompt = expected["generate_prompt"].reshape(1, -1)
     assert model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape == (1, 9)
 
 
-def test_legacy_preference_heads_need_the_class_token_and_the_attention_pooler_is_refused(tmp_path):
+def test_legacy_preference_heads_need_the_class_token(tmp_path):
     with pytest.raises(ConversionError, match=r"do not record the token rewards are read at.*--config"):
         convert("lswt", LSWT / "dph_legacy", tmp_path / "out")
-    with pytest.raises(ConversionError, match="attention token pooler"):
-        convert("lswt", LSWT / "dph_weighted_attn", tmp_path / "out")
 
 
 def test_bad_folders_get_clear_errors(tmp_path):

@@ -198,3 +198,28 @@ def test_preference_heads_pool_read_at_the_last_class_token():
     restart = torch.tensor([[False, True, False, False]])
     expected = torch.stack([x[0, 0], x[0, 1], (x[0, 1] + 2 * x[0, 2]) / 2, (x[0, 1] + 2 * x[0, 2] + 3 * x[0, 3]) / 3])
     torch.testing.assert_close(sgpt_pooling(x, restart)[0], expected)
+
+
+@pytest.mark.parametrize("self_type", ["self", "pool"])
+def test_attention_token_pooler_trains_its_adapters(self_type):
+    from conftest import tiny_lswt_config
+
+    from memory_zoo.modeling.modeling_lswt import LSWTForPreferenceHeads
+
+    pooler = {"reward_heads": ["r"], "token_pooling": "attn", "token_pooling_config": {
+        "cls_token_id": 5, "sep_token_id": 6, "new_token_id": 7, "pad_token_id": 0, "self_type": self_type,
+        "n_repeats": 2, "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "alibi_slope": 1.0}}
+    torch.manual_seed(0)
+    model = LSWTForPreferenceHeads(tiny_lswt_config(pooler_config=pooler))
+    input_ids = torch.randint(10, 300, (2, 10))
+    input_ids[:, [0, 4]] = 6
+    input_ids[:, [3, 8]] = 5
+    input_ids[1, :2] = 0  # padding never enters the self-attention of real tokens
+    rewards = model(input_ids).rewards["r"]
+    assert rewards.shape == (2, 1) and torch.isfinite(rewards).all()
+    rewards.sum().backward()
+    token_pooler = model.pooler.token_pooler
+    assert token_pooler.cross_layer.k_proj.lora_B_list[1].grad.abs().sum() > 0
+    assert not token_pooler.head_scale.requires_grad
+    with pytest.raises(ValueError, match=r"token_pooling='attn' needs .*\['sep_token_id'\]"):
+        LSWTForPreferenceHeads(tiny_lswt_config(pooler_config={**pooler, "token_pooling_config": {"cls_token_id": 5}}))

@@ -79,7 +79,7 @@ def converted_lswt_checkpoint(tmp_path: Path, name: str = "causal_default"):
 
 CASES = {
     "lswt-converted_research": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp)),
-    "lswt-converted_preference_heads": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp, "dph_cls")),
+    "lswt-converted_preference_heads": ("lswt", lambda _, tmp: converted_lswt_checkpoint(tmp, "dph_weighted_attn")),
     "lswt-random": ("lswt", lambda tok, _: tiny_lswt(vocab_size=len(tok), qk_norm=True)),
     "masked_mixer-plain": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["plain"])),
     "masked_mixer-multihead": ("masked_mixer", lambda tok, _: tiny_model(vocab_size=len(tok), **VARIANTS["multihead"])),

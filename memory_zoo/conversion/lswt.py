@@ -4,8 +4,8 @@ The research code saves `config.json` (`model_type` `"lsw_transformer"`, no `aut
 `model.safetensors`; neither loads in transformers as it is. The config is read as plain JSON (research field names,
 mapped below) and the tensors are renamed; the SwiGLU `fc1` (`[up | gate]` rows) is split into `up_proj` and
 `gate_proj`. Checkpoints with reward heads (`LSWTForDPH`) convert to `LSWTForPreferenceHeads`, in the current layout
-(`pooler.*`, class-token pooling) and in the legacy one (`reward_heads.*` + `pooler_pipeline.*`); the attention token
-pooler is not implemented yet and is refused.
+(`pooler.*`, class-token or attention token pooling) and in the legacy one (`reward_heads.*` +
+`pooler_pipeline.*`).
 """
 
 from __future__ import annotations
@@ -72,11 +72,6 @@ def convert_lswt_state_dict(state_dict: dict[str, torch.Tensor], source: str, re
     """Map a research state dict and its config dict; returns `(LSWTConfig, state dict of LSWTForCausalLM, notes)`."""
     if source not in SOURCES:
         raise ConversionError(f"Unknown LSWT source {source!r}; expected one of {', '.join(SOURCES)}.")
-    if any(key.startswith("pooler.token_pooler.") for key in state_dict):
-        raise ConversionError(
-            "This direct-preference-head checkpoint uses the attention token pooler (token_pooling='attn'), which "
-            "memory-zoo does not implement yet; its language model alone converts once the pooler.* tensors are removed."
-        )
     if research.get("gated_att"):
         raise ConversionError("config.json says gated_att=true, which the research model never implemented.")
     if research.get("dropout_layers", 0.0) > 0:
@@ -182,6 +177,8 @@ def _map_pooler(mapper: TensorMapper, pooler: dict) -> None:
             mapper.move(f"pooler_pipeline.{index}.bias", f"pooler.{ours}.bias")
         return
     mapper.move_optional("pooler.layer_pooler.layer_weighting", "pooler.layer_weighting")
+    for key in [k for k in mapper.source if k.startswith("pooler.token_pooler.")]:  # same layout as the research
+        mapper.move(key, key)
     for norm in ("layer_norm_post", "token_norm_post"):
         for part in ("weight", "bias"):
             mapper.move_optional(f"pooler.{norm}.{part}", f"pooler.{norm}.{part}")

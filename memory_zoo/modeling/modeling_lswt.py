@@ -403,6 +403,128 @@ def sgpt_pooling(states: torch.Tensor, restart: torch.Tensor) -> torch.Tensor:
     return (_group_cumsum(x * count, restart) / count).to(states.dtype)
 
 
+class LSWTAdapterLinear(nn.Module):
+    """A `Linear` shared by every round of the attention pooler, plus per round `i` a LoRA update
+    `(x @ lora_A_list[i]^T) @ lora_B_list[i]^T * alpha / r` and a bias `bias_list[i]` (research `AdaLinear`)."""
+
+    def __init__(self, in_features: int, out_features: int, rounds: int, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.scale = alpha / rank if rank else 0.0
+        self.lora_A_list = nn.ParameterList(
+            [nn.Parameter(nn.init.kaiming_uniform_(torch.empty(rank, in_features), a=math.sqrt(5.0)))
+             for _ in range(rounds)]) if rank else None
+        self.lora_B_list = nn.ParameterList(
+            [nn.Parameter(torch.zeros(out_features, rank)) for _ in range(rounds)]) if rank else None
+        self.bias_list = nn.ParameterList([nn.Parameter(torch.zeros(out_features)) for _ in range(rounds)])
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, round_index: int) -> torch.Tensor:
+        out = self.linear(x)
+        if self.lora_A_list is not None:
+            low_rank = F.linear(F.linear(self.dropout(x), self.lora_A_list[round_index]), self.lora_B_list[round_index])
+            out = out + low_rank * self.scale
+        return out + self.bias_list[round_index]
+
+
+class LSWTQueryRegister(nn.Module):
+    """The learned per-head query of a "pool" self-attention round (research `AdaRegister`)."""
+
+    def __init__(self, num_heads: int, head_dim: int, rounds: int):
+        super().__init__()
+        self.register = nn.Parameter(torch.zeros(1, num_heads, 1, head_dim))
+        self.bias_list = nn.ParameterList([nn.Parameter(torch.zeros(1, num_heads, 1, head_dim)) for _ in range(rounds)])
+
+    def forward(self, x: torch.Tensor, round_index: int) -> torch.Tensor:
+        query = self.register + self.bias_list[round_index]
+        return query.expand(x.shape[0], -1, x.shape[1], -1)
+
+
+class LSWTPoolerAttention(nn.Module):
+    """Attention of the token pooler, with adapted projections; `pool=True` uses a learned query register."""
+
+    def __init__(self, config: LSWTConfig, rounds: int, rank: int, alpha: float, dropout: float, pool: bool = False):
+        super().__init__()
+        width, self.num_heads, self.head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
+        self.q_regs = LSWTQueryRegister(self.num_heads, self.head_dim, rounds) if pool else None
+        self.q_proj = None if pool else LSWTAdapterLinear(width, width, rounds, rank, alpha, dropout)
+        self.k_proj = LSWTAdapterLinear(width, width, rounds, rank, alpha, dropout)
+        self.v_proj = LSWTAdapterLinear(width, width, rounds, rank, alpha, dropout)
+        self.o_proj = LSWTAdapterLinear(width, width, rounds, rank, alpha, dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, round_index: int, bias: torch.Tensor) -> torch.Tensor:
+        query = self.q_regs(x, round_index) if self.q_regs is not None else self._heads(self.q_proj(x, round_index))
+        out = F.scaled_dot_product_attention(query, self._heads(self.k_proj(x, round_index)),
+                                             self._heads(self.v_proj(x, round_index)), attn_mask=bias)
+        return self.o_proj(out.transpose(1, 2).flatten(2), round_index)
+
+
+class LSWTPoolerFeedForward(nn.Module):
+    """SwiGLU of the token pooler (`silu`, width `intermediate_size`), with adapted projections."""
+
+    def __init__(self, config: LSWTConfig, rounds: int, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        width, inner = config.hidden_size, config.intermediate_size
+        self.up_proj = LSWTAdapterLinear(width, inner, rounds, rank, alpha, dropout)
+        self.gate_proj = LSWTAdapterLinear(width, inner, rounds, rank, alpha, dropout)
+        self.down_proj = LSWTAdapterLinear(inner, width, rounds, rank, alpha, dropout)
+
+    def forward(self, x: torch.Tensor, round_index: int) -> torch.Tensor:
+        inner = self.up_proj(x, round_index) * F.silu(self.gate_proj(x, round_index))
+        return self.down_proj(inner, round_index)
+
+
+class LSWTAttentionTokenPooler(nn.Module):
+    """Research `LSWTTokenPoolerAttention`: `n_repeats` pre-LN residual rounds of self-attention (within a segment,
+    causal, padding excluded), cross-attention to earlier class tokens and a SwiGLU, with ALiBi-like distance biases
+    scaled per head by `head_scale` (`2 ** (-(h + 1) * alibi_slope / heads)`, kept as a frozen parameter because
+    checkpoints store its rounded values)."""
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__()
+        options = config.pooler_config["token_pooling_config"]
+        for name in ("sep_token_id", "cls_token_id", "pad_token_id", "self_type", "n_repeats", "lora_r", "lora_alpha",
+                     "alibi_slope"):
+            if name not in options:
+                raise ValueError(f"token_pooling='attn' needs pooler_config['token_pooling_config'][{name!r}].")
+        if options["self_type"] not in ("self", "pool"):
+            raise ValueError(f"token_pooling_config['self_type'] must be 'self' or 'pool', got {options['self_type']!r}.")
+        self.sep_id, self.cls_id, self.pad_id = (int(options[k]) for k in ("sep_token_id", "cls_token_id", "pad_token_id"))
+        rounds, rank = int(options["n_repeats"]), int(options["lora_r"])
+        alpha, dropout = float(options["lora_alpha"]), float(options.get("lora_dropout", 0.0))
+        heads = config.num_attention_heads
+        scale = torch.exp2(-(torch.arange(heads) + 1.0) * float(options["alibi_slope"]) / heads)
+        self.head_scale = nn.Parameter(scale, requires_grad=False)
+        self.self_layer = LSWTPoolerAttention(config, rounds, rank, alpha, dropout, pool=options["self_type"] == "pool")
+        self.cross_layer = LSWTPoolerAttention(config, rounds, rank, alpha, dropout)
+        self.ffn_layer = LSWTPoolerFeedForward(config, rounds, rank, alpha, dropout)
+        norms = lambda: nn.ModuleList(nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) for _ in range(rounds))  # noqa: E731
+        self.self_norm, self.cross_norm, self.ffn_norm = norms(), norms(), norms()
+
+    def _bias(self, allowed: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        causal = torch.ones(allowed.shape[-1], allowed.shape[-1], dtype=torch.bool, device=allowed.device).tril()
+        bias = distance.float().where(allowed & causal, float("-inf"))
+        return bias[:, None] * self.head_scale.float()[None, :, None, None]
+
+    def forward(self, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        eye = torch.eye(length, dtype=torch.bool, device=input_ids.device)[None]
+        segment = (input_ids == self.sep_id).int().cumsum(-1)
+        real = input_ids != self.pad_id
+        positions = torch.arange(length, device=input_ids.device)
+        same_segment = (segment[:, :, None] == segment[:, None, :]) & real[:, :, None] & real[:, None, :]
+        self_bias = self._bias(same_segment | eye, (positions[None, :] - positions[:, None])[None])
+        cross_bias = self._bias((input_ids == self.cls_id)[:, None, :] | eye, segment[:, None, :] - segment[:, :, None])
+        for i in range(len(self.self_norm)):
+            states = states + self.self_layer(self.self_norm[i](states), i, self_bias.to(states.dtype))
+            states = states + self.cross_layer(self.cross_norm[i](states), i, cross_bias.to(states.dtype))
+            states = states + self.ffn_layer(self.ffn_norm[i](states), i)
+        return states
+
+
 class LSWTPreferencePooler(nn.Module):
     """Direct preference heads (research `LSWTPooler`): pool the hidden states, read them at the last CLS token and
     score them with one `Linear(hidden, 1)` per reward head."""
@@ -412,11 +534,6 @@ class LSWTPreferencePooler(nn.Module):
         pooler = config.pooler_config
         if pooler["reward_heads"] is None:
             raise ValueError("config.pooler_config['reward_heads'] must list the reward heads (an empty list for none).")
-        if pooler["token_pooling"] != "cls":
-            raise NotImplementedError(
-                f"token_pooling={pooler['token_pooling']!r} (the research attention pooler) is not implemented yet; "
-                "use 'cls'."
-            )
         if "cls_token_id" not in pooler["token_pooling_config"]:
             raise ValueError("config.pooler_config['token_pooling_config'] needs 'cls_token_id': rewards are read at the "
                              "last such token (research: <|im_end|>).")
@@ -431,6 +548,7 @@ class LSWTPreferencePooler(nn.Module):
         post = pooler["layer_pooling_norm"] == "post"
         self.layer_norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps) if post else None
         self.token_norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps) if post else None
+        self.token_pooler = LSWTAttentionTokenPooler(config) if pooler["token_pooling"] == "attn" else None
         self.sgpt = pooler["embedding_pooling"] == "sgpt"
         legacy = pooler["legacy_pipeline"]
         self.legacy_dense = nn.Linear(width, width) if legacy in ("bert", "t5") else None
@@ -441,7 +559,9 @@ class LSWTPreferencePooler(nn.Module):
         self.reward_heads = nn.ModuleDict({name: nn.Linear(width, 1, bias=pooler["reward_head_bias"])
                                            for name in pooler["reward_heads"]})
 
-    def forward(self, hidden_states: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def pooled_states(self, hidden_states: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> torch.Tensor:
+        """The per-token embeddings `[B, T, hidden]` before the class token is picked (layer, token and embedding
+        pooling applied)."""
         if self.layer_weighting is None:
             states = hidden_states[self.select]
         else:
@@ -449,10 +569,18 @@ class LSWTPreferencePooler(nn.Module):
             keep = self.layer_dropout(stacked.new_ones(stacked.shape[0], stacked.shape[1], 1, 1))
             states = (self.layer_weighting.softmax(0) * keep * stacked).sum(0)
         if self.layer_norm_post is not None:
-            states = self.token_norm_post(self.layer_norm_post(states))  # token pooling ("cls") is the identity
-        is_cls = input_ids == self.cls_token_id
+            states = self.layer_norm_post(states)
+        if self.token_pooler is not None:  # "cls" token pooling is the identity
+            states = self.token_pooler(states, input_ids)
+        if self.token_norm_post is not None:
+            states = self.token_norm_post(states)
         if self.sgpt:
-            states = sgpt_pooling(states, is_cls)
+            states = sgpt_pooling(states, input_ids == self.cls_token_id)
+        return states
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        states = self.pooled_states(hidden_states, input_ids)
+        is_cls = input_ids == self.cls_token_id
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         last_cls = torch.where(is_cls, positions, -1).max(-1).values  # -1 (the last token) where a row has none
         pooled = states[torch.arange(input_ids.shape[0], device=input_ids.device), last_cls]
