@@ -223,3 +223,14 @@ def test_attention_token_pooler_trains_its_adapters(self_type):
     assert not token_pooler.head_scale.requires_grad
     with pytest.raises(ValueError, match=r"token_pooling='attn' needs .*\['sep_token_id'\]"):
         LSWTForPreferenceHeads(tiny_lswt_config(pooler_config={**pooler, "token_pooling_config": {"cls_token_id": 5}}))
+
+
+def test_attention_never_needs_the_flash_kernel_on_cpu(monkeypatch):
+    from memory_zoo.hub_kernels import zoo_kernels
+
+    asked = []
+    monkeypatch.setattr(zoo_kernels, "load_hub_kernel", lambda *args: asked.append(args))
+    with_kernel, without = tiny_lswt(), tiny_lswt(use_kernels=False)
+    input_ids = torch.randint(3, 300, (1, 9))
+    torch.testing.assert_close(with_kernel(input_ids).logits, without(input_ids).logits, atol=0, rtol=0)
+    assert not asked  # CPU tensors go straight to SDPA, nothing is loaded or downloaded

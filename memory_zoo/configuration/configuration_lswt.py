@@ -56,9 +56,11 @@ class LSWTConfig(PretrainedConfig):
             dtype, unlike the research code, which cast it to float16).
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm (and of the q/k RMS norms).
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation (research `init_std`).
-        use_kernels (`bool`, defaults to `True`): on GPUs, attention runs through a flash-attention Hub kernel
-            (`kernel_repo_id`) when it loads, else SDPA.
-        kernel_repo_id (`str`, defaults to `"kernels-community/flash-attn"`), kernel_revision (`str`, *optional*).
+        use_kernels (`bool`, defaults to `True`): on GPUs, in float16/bfloat16 and without padding, attention runs
+            through the flash-attention Hub kernel (`kernel_repo_id`) when it loads, else (and on any failure, after
+            one log line) through SDPA.
+        kernel_repo_id (`str`, defaults to `"kernels-community/flash-attn2"`), kernel_revision (`str`, defaults to
+            `"main"`): the kernel repository and its branch; pin a commit for reproducible runs.
         use_cache (`bool`, defaults to `True`): return an [`LSWTCache`].
         pooler_config (`dict`, *optional*): the direct preference heads of [`LSWTForPreferenceHeads`] (research
             `LSWTPoolerConfig` fields): `reward_heads` (list of head names), `reward_head_bias`, `embedding_dropout`,
@@ -108,8 +110,8 @@ class LSWTConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "kernels-community/flash-attn",
-        kernel_revision: str | None = None,
+        kernel_repo_id: str | None = "kernels-community/flash-attn2",
+        kernel_revision: str | None = "main",
         use_cache: bool = True,
         pooler_config: dict | None = None,
         tie_word_embeddings: bool = False,

@@ -170,12 +170,16 @@ class LSWTAttention(nn.Module):
     def _attend(self, query, key, value, key_valid):
         queries, keys = query.shape[2], key.shape[2]
         dropout = self.config.dropout_att_mat if self.training else 0.0
-        if key_valid is None and query.is_cuda and self.kernel is not None:
+        if key_valid is None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and self.kernel:
             kernel = kernel_for(query, "flash_attn", *self.kernel)
             if kernel is not None:  # flash attention aligns its causal mask bottom-right, as the research code needs
-                out = kernel.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                             dropout_p=dropout, causal=True)
-                return out.transpose(1, 2)
+                try:
+                    out = kernel.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                                 dropout_p=dropout, causal=True)
+                except Exception as error:  # noqa: BLE001 - an unsupported GPU or shape: the SDPA path is exact
+                    logger.warning_once(f"flash attention kernel failed ({type(error).__name__}: {error}); using SDPA.")
+                else:
+                    return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
         if key_valid is None and queries == keys:
             return F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout)
         # SDPA's is_causal aligns top-left: with memory or registers the mask must be explicit (bottom-right)
