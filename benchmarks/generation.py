@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,7 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import load_average, machine_info  # noqa: E402
 
 from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
 
@@ -86,31 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"every context must exceed --new-tokens={args.new_tokens} (the prompt needs at least one token), "
                      f"got {too_short}")
     return args
-
-
-def machine_info() -> dict:
-    processor = platform.processor()
-    try:  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as f:
-            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "processor": processor,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "num_threads": torch.get_num_threads(),
-    }
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # not available on Windows
-        return None
 
 
 def cache_bytes(past_key_values) -> int:
@@ -259,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"settings: {json.dumps({k: v for k, v in settings.items() if k != 'timing'})}")
 
-    load_before = _load_average()
+    load_before = load_average()
     results = []
     start = time.perf_counter()
     for context in args.contexts:
@@ -271,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     # Other processes on the same cores make the timings noisy; the load averages let a reader judge that.
     machine["load_average_before"] = load_before
-    machine["load_average_after"] = _load_average()
+    machine["load_average_after"] = load_average()
     report = {"machine": machine, "settings": settings, "results": results, "total_seconds": total}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

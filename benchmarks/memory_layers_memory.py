@@ -30,28 +30,35 @@ import gc
 import json
 import logging
 import math
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    RESULT_TAG,
+    fmt_bytes,
+    kernel_skip_reason,
+    load_average,
+    machine_info,
+    mark_peak,
+    maxrss_bytes,
+    read_peak,
+    run_cell,
+    run_worker,
+)
 
 from memory_zoo import MemoryLayersConfig, MemoryLayersModel
-from memory_zoo.hub_kernels.zoo_kernels import load_hub_kernel
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "memory_layers_memory.json"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "memory_layers_memory_quick.json"
 PATHS = ("memory_fallback", "memory_kernel", "dense_ffn")
 MEMORY_PATHS = ("memory_fallback", "memory_kernel")
 VALUE_DTYPES = ("bfloat16", "float32", "float16")
-RESULT_TAG = "@@WORKER_RESULT@@ "
 
 # Values used when a flag is not given; `--quick` swaps in the second set (explicit flags still win).
 DEFAULTS = {
@@ -168,49 +175,6 @@ def fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, sync) -> tuple[float, float
     return time.perf_counter() - start, forward, float(loss.detach())
 
 
-def _maxrss_bytes() -> int:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib if sys.platform == "darwin" else kib * 1024  # Linux reports KiB, macOS bytes
-
-
-def _vm_hwm_bytes() -> int:
-    """This process's peak resident set size since the last reset (`VmHWM` of /proc/self/status, Linux)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0); False where impossible.
-
-    `ru_maxrss` cannot be reset and is inherited through fork/exec, so on Linux the measurement uses the counter
-    behind it (`VmHWM`) after resetting it (see benchmarks/README.md, memory_mosaics_leaky_average.py).
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _vm_hwm_bytes()
-    except (OSError, StopIteration, ValueError):
-        return False
-    return True
-
-
-def _mark_peak(cuda: bool) -> tuple[str, int, int]:
-    """Start a peak measurement: (method, baseline bytes, ru_maxrss now)."""
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return "cuda_max_memory_allocated", torch.cuda.memory_allocated(), 0
-    if _reset_peak_rss():
-        return "vm_hwm_after_reset", _vm_hwm_bytes(), _maxrss_bytes()
-    return "ru_maxrss", _maxrss_bytes(), _maxrss_bytes()
-
-
-def _read_peak(method: str) -> int:
-    if method == "cuda_max_memory_allocated":
-        return torch.cuda.max_memory_allocated()
-    return _vm_hwm_bytes() if method == "vm_hwm_after_reset" else _maxrss_bytes()
-
-
 def measure(cell: dict) -> dict:
     """Time and peak memory of one (path, memory size) cell, in this process."""
     cuda = cell["device"] == "cuda"
@@ -228,10 +192,10 @@ def measure(cell: dict) -> dict:
     for parameter in layer.parameters():
         parameter.grad = None
     gc.collect()
-    method, baseline, maxrss_before = _mark_peak(cuda)
+    method, baseline, maxrss_before = mark_peak(cuda)
     warmup, _, loss = fwd_bwd(layer, x, sync)  # the warm-up at full size; its peak memory is measured
-    peak = _read_peak(method) - baseline
-    maxrss_increase = _maxrss_bytes() - maxrss_before
+    peak = read_peak(method) - baseline
+    maxrss_increase = maxrss_bytes() - maxrss_before
     gradient_bytes = sum(p.grad.numel() * p.grad.element_size() for p in layer.parameters() if p.grad is not None)
     # Cells whose warm-up is slow get fewer repeats, so that a cell costs about `time_budget` seconds.
     repeats = max(1, min(cell["repeats"], int(cell["time_budget"] // max(warmup, 1e-9))))
@@ -247,65 +211,9 @@ def measure(cell: dict) -> dict:
     }
 
 
-def run_worker(cell: dict) -> dict:
-    if cell["threads"]:
-        torch.set_num_threads(cell["threads"])
-    try:
-        return measure(cell)
-    except torch.cuda.OutOfMemoryError as error:
-        return {"status": f"failed: CUDA out of memory ({str(error).splitlines()[0]})"}
-    except Exception as error:  # noqa: BLE001 - one failing cell (e.g. a kernel that rejects a width) is reported
-        return {"status": f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
-
-
-def run_cell(cell: dict) -> dict:
-    """On the CPU: `measure` in a fresh subprocess (its own peak RSS) unless `in_process`; on CUDA: in this process."""
-    if cell["device"] == "cuda" or cell["in_process"]:
-        try:
-            return run_worker(cell)
-        finally:
-            gc.collect()
-            if cell["device"] == "cuda":
-                torch.cuda.empty_cache()
-    try:
-        result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cell)],
-                                capture_output=True, text=True, timeout=cell["worker_timeout"])
-    except subprocess.TimeoutExpired:
-        return {"status": f"failed: worker timed out after {cell['worker_timeout']} s"}
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"status": f"failed: worker exited with {result.returncode} ({tail})"}
-    return json.loads(lines[-1][len(RESULT_TAG):])
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Checks, skips, the whole run.
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def kernel_skip_reason(device: str) -> str | None:
-    """Why the `memory_kernel` path cannot run here, or None."""
-    if device != "cuda":
-        return ("skipped: the Triton embedding_bag kernel needs a GPU; this run is on the CPU (use --device cuda on "
-                "a machine with one)")
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("memory_zoo.kernels")
-    handler = Keep()
-    logger.addHandler(handler)
-    try:
-        defaults = MemoryLayersConfig()
-        kernel = load_hub_kernel("embedding_bag", defaults.kernel_repo_id, defaults.kernel_revision)
-    finally:
-        logger.removeHandler(handler)
-    if kernel is None:
-        return f"skipped: the embedding_bag kernel could not be loaded ({'; '.join(records) or 'no reason logged'})"
-    return None
 
 
 def kernel_agreement(base: dict) -> dict:
@@ -419,51 +327,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine_info(device: str) -> dict:
-    processor = platform.processor()
-    try:  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as f:
-            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "processor": processor,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "num_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_total_bytes"] = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) * 1024
-    except (OSError, StopIteration, ValueError):
-        pass
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = props.name
-        info["gpu_memory_bytes"] = props.total_memory
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # not available on Windows
-        return None
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    if abs(n) >= 2**30:
-        return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.0f} MiB" if abs(n) >= 100 * 2**20 else f"{n / 2**20:.1f} MiB"
-
-
 def _fmt_count(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
@@ -494,7 +357,7 @@ def _table_line(n_keys: int, cells: dict[str, dict | None]) -> str:
 
     def value(p: str, key: str) -> str:
         if _ok(cells[p]):
-            return f"{cells[p][key]:.3f}" if key.endswith("seconds") else _fmt_bytes(cells[p][key])
+            return f"{cells[p][key]:.3f}" if key.endswith("seconds") else fmt_bytes(cells[p][key])
         status = cells[p]["status"] if cells[p] is not None else "failed"
         return "skipped" if status.startswith("skipped") else "failed"
 
@@ -648,7 +511,7 @@ def plot(rows: list[dict], settings: dict, sizes: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        print(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        print(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker), measure)), flush=True)
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -698,9 +561,9 @@ def main(argv: list[str] | None = None) -> int:
             "dense_parameters": 3 * args.hidden * intermediate,
         }
 
-    load_before = _load_average()
+    load_before = load_average()
     start = time.perf_counter()
-    kernel_reason = kernel_skip_reason(args.device) if "memory_kernel" in args.paths else None
+    kernel_reason = kernel_skip_reason(args.device, "embedding_bag", MemoryLayersConfig) if "memory_kernel" in args.paths else None
     agreement = None
     if "memory_kernel" in args.paths and not kernel_reason:
         n_keys = args.n_keys[0]
@@ -730,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{args.max_gb:.1f})")
             else:
                 t0 = time.perf_counter()
-                row.update(run_cell(cell))
+                row.update(run_cell(cell, measure, __file__))
                 row["wall_seconds"] = time.perf_counter() - t0
             row.setdefault("status", "ok")
             for key in ("seconds", "seconds_all", "forward_seconds", "peak_bytes", "loss"):
@@ -738,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             if row["status"] == "ok":
                 print(f"  {path:<16} K={n_keys:<5} {row['seconds']:8.3f} s (x{row['repeats']}, forward "
-                      f"{row['forward_seconds']:.3f} s) peak +{_fmt_bytes(row['peak_bytes'])} "
+                      f"{row['forward_seconds']:.3f} s) peak +{fmt_bytes(row['peak_bytes'])} "
                       f"[{row['wall_seconds']:.1f} s]", flush=True)
             elif path != "memory_kernel" or n_keys == args.n_keys[0]:
                 print(f"  {path:<16} K={n_keys:<5} {row['status']}", flush=True)
@@ -759,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.device)
     # Other processes on the same cores make the timings noisy; the load averages let a reader judge that.
     machine["load_average_before"] = load_before
-    machine["load_average_after"] = _load_average()
+    machine["load_average_after"] = load_average()
     report = {"machine": machine, "settings": settings, "sizes": {str(n**2): sizes[n] for n in args.n_keys},
               "kernel_agreement": agreement, "rows": rows, "ratios_to_dense": ratios, "total_seconds": total}
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,7 @@ import gc
 import json
 import logging
 import math
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,17 +37,29 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 
 import memory_zoo.modeling.modeling_memory_mosaics as mm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    RESULT_TAG,
+    fmt_bytes,
+    kernel_skip_reason,
+    load_average,
+    machine_info,
+    mark_peak,
+    maxrss_bytes,
+    read_peak,
+    run_cell,
+    run_worker,
+)
+
 from memory_zoo import MemoryMosaicsConfig, MemoryMosaicsForCausalLM, MemoryMosaicsModel
-from memory_zoo.hub_kernels.zoo_kernels import load_hub_kernel
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "memory_mosaics_leaky_average.json"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "memory_mosaics_leaky_average_quick.json"
 LEVELS = ("layer", "model")
 PATHS = ("fallback", "kernel", "naive")
-RESULT_TAG = "@@WORKER_RESULT@@ "
 
 # Values used when a flag is not given; `--quick` swaps in the second set (explicit flags still win).
 DEFAULTS = {
@@ -202,50 +210,6 @@ def fwd_bwd(module: torch.nn.Module, loss_fn, length: int, sync) -> tuple[float,
     return time.perf_counter() - start, float(loss.detach())
 
 
-def _maxrss_bytes() -> int:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib if sys.platform == "darwin" else kib * 1024  # Linux reports KiB, macOS bytes
-
-
-def _vm_hwm_bytes() -> int:
-    """This process's peak resident set size since the last reset (`VmHWM` of /proc/self/status, Linux)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0); False where impossible.
-
-    `ru_maxrss` itself cannot be reset, and it is inherited through fork/exec: a worker started by a parent holding
-    1.5 GB reports ru_maxrss >= 1.5 GB from its first instruction. So on Linux the measurement uses the same
-    per-process counter behind ru_maxrss (the mm's high-water mark, `VmHWM`) after resetting it.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _vm_hwm_bytes()
-    except (OSError, StopIteration, ValueError):
-        return False
-    return True
-
-
-def _mark_peak(cuda: bool) -> tuple[str, int, int]:
-    """Start a peak measurement: (method, baseline bytes, ru_maxrss now)."""
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return "cuda_max_memory_allocated", torch.cuda.memory_allocated(), 0
-    if _reset_peak_rss():
-        return "vm_hwm_after_reset", _vm_hwm_bytes(), _maxrss_bytes()
-    return "ru_maxrss", _maxrss_bytes(), _maxrss_bytes()
-
-
-def _read_peak(method: str) -> int:
-    if method == "cuda_max_memory_allocated":
-        return torch.cuda.max_memory_allocated()
-    return _vm_hwm_bytes() if method == "vm_hwm_after_reset" else _maxrss_bytes()
-
-
 def measure(cell: dict) -> dict:
     """Time and peak memory of one (level, path, T) cell, in this process."""
     length, cuda = cell["T"], cell["device"] == "cuda"
@@ -254,10 +218,10 @@ def measure(cell: dict) -> dict:
         module, loss_fn = build(cell, length)
         fwd_bwd(module, loss_fn, min(length, 32), sync)  # tiny warm-up: allocates the gradients, first-call setup
         gc.collect()
-        method, baseline, maxrss_before = _mark_peak(cuda)
+        method, baseline, maxrss_before = mark_peak(cuda)
         warmup, loss = fwd_bwd(module, loss_fn, length, sync)  # the warm-up at full size; its peak is measured
-        peak = _read_peak(method) - baseline
-        maxrss_increase = _maxrss_bytes() - maxrss_before
+        peak = read_peak(method) - baseline
+        maxrss_increase = maxrss_bytes() - maxrss_before
         # Cells whose warm-up is slow get fewer repeats, so that a cell costs about `time_budget` seconds.
         repeats = max(1, min(cell["repeats"], int(cell["time_budget"] // max(warmup, 1e-9))))
         times = [fwd_bwd(module, loss_fn, length, sync)[0] for _ in range(repeats)]
@@ -268,62 +232,9 @@ def measure(cell: dict) -> dict:
     }
 
 
-def run_worker(cell: dict) -> dict:
-    if cell["threads"]:
-        torch.set_num_threads(cell["threads"])
-    try:
-        return measure(cell)
-    except torch.cuda.OutOfMemoryError as error:
-        return {"status": f"failed: CUDA out of memory ({str(error).splitlines()[0]})"}
-
-
-def run_cell(cell: dict) -> dict:
-    """On the CPU: `measure` in a fresh subprocess (its own ru_maxrss); on CUDA: in this process."""
-    if cell["device"] == "cuda":
-        try:
-            return run_worker(cell)
-        finally:
-            gc.collect()
-            torch.cuda.empty_cache()
-    try:
-        result = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cell)],
-                                capture_output=True, text=True, timeout=cell["worker_timeout"])
-    except subprocess.TimeoutExpired:
-        return {"status": f"failed: worker timed out after {cell['worker_timeout']} s"}
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"status": f"failed: worker exited with status {result.returncode} ({tail[-200:]})"}
-    return json.loads(lines[-1][len(RESULT_TAG):])
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Checks, skips, the whole run.
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def kernel_skip_reason(device: str) -> str | None:
-    """Why the `kernel` path cannot run here, or None."""
-    if device != "cuda":
-        return ("skipped: the Triton leaky_average kernel needs a GPU; this run is on the CPU (use --device cuda on "
-                "a machine with one)")
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("memory_zoo.kernels")
-    handler = Keep()
-    logger.addHandler(handler)
-    try:
-        defaults = MemoryMosaicsConfig()
-        kernel = load_hub_kernel("leaky_average", defaults.kernel_repo_id, defaults.kernel_revision)
-    finally:
-        logger.removeHandler(handler)
-    if kernel is None:
-        return f"skipped: the leaky_average kernel could not be loaded ({'; '.join(records) or 'no reason logged'})"
-    return None
 
 
 def agreement(base: dict, level: str, paths: list[str]) -> dict:
@@ -431,51 +342,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine_info(device: str) -> dict:
-    processor = platform.processor()
-    try:  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as f:
-            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "processor": processor,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "num_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_total_bytes"] = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) * 1024
-    except (OSError, StopIteration, ValueError):
-        pass
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = props.name
-        info["gpu_memory_bytes"] = props.total_memory
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # not available on Windows
-        return None
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    if abs(n) >= 2**30:
-        return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.0f} MiB" if abs(n) >= 100 * 2**20 else f"{n / 2**20:.1f} MiB"
-
-
 def _row(rows: list[dict], level: str, path: str, length: int) -> dict | None:
     return next((r for r in rows if (r["level"], r["path"], r["T"]) == (level, path, length)), None)
 
@@ -488,7 +354,7 @@ def _table_line(length: int, cells: dict[str, dict | None]) -> str:
 
     def value(p: str, key: str) -> str:
         if ok[p]:
-            return f"{cells[p][key]:.3f}" if key == "seconds" else _fmt_bytes(cells[p][key])
+            return f"{cells[p][key]:.3f}" if key == "seconds" else fmt_bytes(cells[p][key])
         status = cells[p]["status"] if cells[p] is not None else "failed"
         return "skipped" if status.startswith("skipped") else "failed"
 
@@ -637,7 +503,7 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        print(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        print(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker), measure)), flush=True)
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -663,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "model_pmem", "vocab", "seed", "check_length")}
     base.update(threads=args.threads, worker_timeout=1800)
 
-    load_before = _load_average()
+    load_before = load_average()
     start = time.perf_counter()
-    kernel_reason = kernel_skip_reason(args.device) if "kernel" in args.paths else None
+    kernel_reason = kernel_skip_reason(args.device, "leaky_average", MemoryMosaicsConfig) if "kernel" in args.paths else None
     runnable = [p for p in args.paths if not (p == "kernel" and kernel_reason)]
     checks = {}
     for level in args.levels:
@@ -691,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"(> --max-naive-gb {args.max_naive_gb:g})")
                 else:
                     t0 = time.perf_counter()
-                    row.update(run_cell(cell))
+                    row.update(run_cell(cell, measure, __file__))
                     row["wall_seconds"] = time.perf_counter() - t0
                 row.setdefault("status", "ok")
                 for key in ("seconds", "seconds_all", "peak_bytes", "loss"):
@@ -699,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if row["status"] == "ok":
                     print(f"  {level:<5} {path:<8} T={length:<5} {row['seconds']:8.3f} s (x{row['repeats']}) "
-                          f"peak +{_fmt_bytes(row['peak_bytes'])} [{row['wall_seconds']:.1f} s]", flush=True)
+                          f"peak +{fmt_bytes(row['peak_bytes'])} [{row['wall_seconds']:.1f} s]", flush=True)
                 elif path != "kernel" or length == args.lengths[0]:
                     print(f"  {level:<5} {path:<8} T={length:<5} {row['status']}", flush=True)
     total = time.perf_counter() - start
@@ -707,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.device)
     # Other processes on the same cores make the timings noisy; the load averages let a reader judge that.
     machine["load_average_before"] = load_before
-    machine["load_average_after"] = _load_average()
+    machine["load_average_after"] = load_average()
     report = {"machine": machine, "settings": settings, "agreement": checks, "rows": rows, "total_seconds": total}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
