@@ -8,7 +8,7 @@ For each context `C` this script builds a random-weight model for that context (
 `C - new_tokens` tokens and times `generate(..., max_new_tokens=new_tokens)` in both modes, interleaved.
 
     python benchmarks/generation.py                                   # Masked Mixer; writes benchmarks/results/
-    python benchmarks/generation.py --architecture memory-mosaics     # Memory Mosaics
+    python benchmarks/generation.py --architecture memory-mosaics     # Memory Mosaics (also memory-layers, lswt)
     python benchmarks/generation.py --quick    # smoke test (a few seconds), writes to the temp dir
 
 Timings are wall-clock `generate` calls (prompt prefill included), the median of `--repeats`; tokens/s counts the
@@ -30,12 +30,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import load_average, machine_info  # noqa: E402
 
-from memory_zoo import MaskedMixerConfig, MaskedMixerForCausalLM, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
+from memory_zoo import (  # noqa: E402
+    LSWTConfig,
+    LSWTForCausalLM,
+    MaskedMixerConfig,
+    MaskedMixerForCausalLM,
+    MemoryLayersConfig,
+    MemoryLayersForCausalLM,
+    MemoryMosaicsConfig,
+    MemoryMosaicsForCausalLM,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARCHITECTURES = ("masked-mixer", "memory-mosaics")
-TITLES = {"masked-mixer": "Masked Mixer", "memory-mosaics": "Memory Mosaics"}
-CACHES = {"masked-mixer": "MaskedMixerCache", "memory-mosaics": "MemoryMosaicsCache"}
+ARCHITECTURES = ("masked-mixer", "memory-mosaics", "memory-layers", "lswt")
+TITLES = {"masked-mixer": "Masked Mixer", "memory-mosaics": "Memory Mosaics", "memory-layers": "Memory Layers",
+          "lswt": "LSWT"}
+CACHES = {"masked-mixer": "MaskedMixerCache", "memory-mosaics": "MemoryMosaicsCache", "memory-layers": "DynamicCache",
+          "lswt": "LSWTCache"}
 
 # Values used when a flag is not given; `--quick` swaps in the second set (explicit flags still win).
 DEFAULTS = {"contexts": [128, 256, 512, 1024], "new_tokens": 32, "hidden_size": 256, "layers": 4, "repeats": 3}
@@ -105,6 +116,18 @@ def build_model(args: argparse.Namespace, context: int):
                                      num_attention_heads=max(1, args.hidden_size // 64),
                                      pmem_size=args.hidden_size * 7 // 2, block_size=context)
         return MemoryMosaicsForCausalLM(config).eval()
+    heads = max(1, args.hidden_size // 64)
+    if args.architecture == "memory-layers":
+        # one product-key memory in the middle, 64K slots (research: K = 1024 at width 1024)
+        config = MemoryLayersConfig(vocab_size=args.vocab, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                                    num_attention_heads=heads, memory_layers=[args.layers // 2], memory_n_keys=256,
+                                    memory_k_dim=min(256, args.hidden_size), max_position_embeddings=context)
+        return MemoryLayersForCausalLM(config).eval()
+    if args.architecture == "lswt":
+        config = LSWTConfig(vocab_size=args.vocab, embedding_size=args.hidden_size, hidden_size=args.hidden_size,
+                            intermediate_size=4 * args.hidden_size, num_attention_heads=heads,
+                            num_hidden_layers=args.layers, max_position_embeddings=context)
+        return LSWTForCausalLM(config).eval()
     config = MaskedMixerConfig(vocab_size=args.vocab, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                max_position_embeddings=context)
     return MaskedMixerForCausalLM(config).eval()

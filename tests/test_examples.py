@@ -40,7 +40,7 @@ def test_ruff_clean():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("architecture", ["masked-mixer", "memory-mosaics"])
+@pytest.mark.parametrize("architecture", ["masked-mixer", "memory-mosaics", "memory-layers", "lswt"])
 def test_generation_benchmark_quick_run_writes_figures(architecture, tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
