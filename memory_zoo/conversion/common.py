@@ -94,20 +94,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return strip_wrapper_prefixes(state_dict)
 
 
-def load_research_config(path: str | os.PathLike | None) -> dict:
-    """The ``--config`` JSON object (research names as keys), or ``{}`` without one."""
-    if path is None:
-        return {}
+def read_json_object(path: str | os.PathLike, name: str | None = None) -> dict:
+    """The JSON object in ``path``; errors name the file as ``name`` (default: the path)."""
+    name = name or str(path)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise ConversionError(f"--config file {path} does not exist.") from None
+        raise ConversionError(f"{name} does not exist.") from None
     except json.JSONDecodeError as error:
-        raise ConversionError(f"--config file {path} is not valid JSON: {error}") from None
+        raise ConversionError(f"{name} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ConversionError(f"--config file {path} must hold a JSON object, got {type(data).__name__}.")
+        raise ConversionError(f"{name} must hold a JSON object, got {type(data).__name__}.")
     return data
+
+
+def load_research_config(path: str | os.PathLike | None) -> dict:
+    """The ``--config`` JSON object (research names as keys), or ``{}`` without one."""
+    return {} if path is None else read_json_object(path, f"--config file {path}")
 
 
 def reconcile(research_config: dict, names: Iterable[str], from_checkpoint, what: str):

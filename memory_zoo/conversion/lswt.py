@@ -10,14 +10,13 @@ mapped below) and the tensors are renamed; the SwiGLU `fc1` (`[up | gate]` rows)
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from ..configuration.configuration_lswt import LSWTConfig
-from .common import ConversionError, TensorMapper
+from .common import ConversionError, TensorMapper, read_json_object
 
 SOURCES = ("lswt",)
 
@@ -39,10 +38,7 @@ def read_lswt_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     if not config_file.is_file():
         raise ConversionError(f"{folder} has no config.json: point CHECKPOINT at the folder the research code saved "
                               "with save_pretrained.")
-    try:
-        research = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{config_file} is not valid JSON: {error}") from None
+    research = read_json_object(config_file)
     if research.get("model_type") != "lsw_transformer":
         raise ConversionError(f"{config_file} has model_type {research.get('model_type')!r}, not 'lsw_transformer': "
                               "it is not an LSWT research checkpoint.")

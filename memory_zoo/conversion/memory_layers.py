@@ -16,7 +16,6 @@ The value table keeps its checkpoint dtype (bfloat16 in real runs) unless `dtype
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import warnings
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
-from .common import ConversionError, TensorMapper, load_checkpoint, strip_wrapper_prefixes
+from .common import ConversionError, TensorMapper, load_checkpoint, read_json_object, strip_wrapper_prefixes
 
 SOURCES = ("memory-layers",)
 
@@ -101,10 +100,7 @@ def read_memory_layers_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, 
     if not params_file.is_file():
         raise ConversionError(f"{folder} has no params.json: point CHECKPOINT at the research run's step folder (or "
                               "its consolidated/ folder), which holds the training arguments next to the weights.")
-    try:
-        params = json.loads(params_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{params_file} is not valid JSON: {error}") from None
+    params = read_json_object(params_file)
     if path.is_file():
         weights = path
     elif (folder / ".metadata").is_file():
