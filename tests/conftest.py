@@ -52,6 +52,23 @@ VARIANTS = {
 }
 
 
+def assert_kernel_matches_fallback(kernel, function: str, monkeypatch, build, input_ids):
+    """One training step of `build()` (Hub kernel) and `build(use_kernels=False)` (pure torch): the kernel must be
+    called, and the losses and every parameter's gradient must agree. Returns the kernel model."""
+    calls = []
+    original = getattr(kernel, function)
+    monkeypatch.setattr(kernel, function, lambda *a: calls.append(1) or original(*a))
+    with_kernel, without = build().train(), build(use_kernels=False).train()
+    losses = [m(input_ids, labels=input_ids).loss for m in (with_kernel, without)]
+    assert calls, "the kernel was not used"
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), b in zip(with_kernel.named_parameters(), without.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    return with_kernel
+
+
 def tiny_config(vocab_size: int = 300, **overrides):
     from memory_zoo import MaskedMixerConfig
 

@@ -134,18 +134,9 @@ def test_inputs_are_validated():
 
 @pytest.mark.parametrize("variant", ["pkplus_shared", "gated_vdim_gqa"])
 def test_memory_layers_model_with_kernel_matches_the_fallback(variant, monkeypatch):
-    from conftest import MEMORY_LAYERS_VARIANTS, tiny_memory_layers
+    from conftest import MEMORY_LAYERS_VARIANTS, assert_kernel_matches_fallback, tiny_memory_layers
 
-    calls = []
-    original = KERNEL.embedding_bag_sum
-    monkeypatch.setattr(KERNEL, "embedding_bag_sum", lambda *a: calls.append(1) or original(*a))
-    with_kernel = tiny_memory_layers(**MEMORY_LAYERS_VARIANTS[variant]).train()
-    without = tiny_memory_layers(use_kernels=False, **MEMORY_LAYERS_VARIANTS[variant]).train()
     input_ids = torch.randint(3, 300, (2, 11))
-    losses = [m(input_ids, labels=input_ids).loss for m in (with_kernel, without)]
-    assert calls, "the kernel was not used"
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
-    for loss in losses:
-        loss.backward()
-    for (name, a), b in zip(with_kernel.named_parameters(), without.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_kernel_matches_fallback(KERNEL, "embedding_bag_sum", monkeypatch,
+                                   lambda **extra: tiny_memory_layers(**MEMORY_LAYERS_VARIANTS[variant], **extra),
+                                   input_ids)

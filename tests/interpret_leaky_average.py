@@ -156,22 +156,12 @@ def test_kernel_matches_the_pure_torch_fallback():
 
 @pytest.mark.parametrize("variant", ["default", "lowr_keys", "post_ln_attn_only"])
 def test_memory_mosaics_with_kernel_matches_pure_torch_model(variant, monkeypatch):
-    from conftest import MOSAICS_VARIANTS, tiny_mosaics
+    from conftest import MOSAICS_VARIANTS, assert_kernel_matches_fallback, tiny_mosaics
 
-    calls = []
-    original = KERNEL.leaky_average
-    monkeypatch.setattr(KERNEL, "leaky_average", lambda *a: calls.append(1) or original(*a))
     settings = dict(MOSAICS_VARIANTS[variant], attention_dropout=0.0, hidden_dropout=0.0)
-    with_kernel = tiny_mosaics(**settings).train()
-    without = tiny_mosaics(use_kernels=False, **settings).train()
     input_ids = torch.randint(3, 300, (2, 21))
-    losses = [m(input_ids, labels=input_ids).loss for m in (with_kernel, without)]
-    assert calls, "the kernel was not used"
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
-    for loss in losses:
-        loss.backward()
-    for (name, a), b in zip(with_kernel.named_parameters(), without.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    with_kernel = assert_kernel_matches_fallback(KERNEL, "leaky_average", monkeypatch,
+                                                 lambda **extra: tiny_mosaics(**settings, **extra), input_ids)
     # cached decoding through the kernel (prefill, then one token at a time) equals the full forward
     model = with_kernel.eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import VARIANTS, tiny_model
+from conftest import VARIANTS, assert_kernel_matches_fallback, tiny_model
 
 from memory_zoo.hub_kernels import load_hub_kernel
 
@@ -61,19 +61,9 @@ def test_kernel_ignores_masked_entries_and_strided_weights():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_model_with_kernel_matches_pure_torch_model(variant, monkeypatch):
-    calls = []
-    original = KERNEL.masked_mixing
-    monkeypatch.setattr(KERNEL, "masked_mixing", lambda *a: calls.append(1) or original(*a))
-    with_kernel = tiny_model(**VARIANTS[variant]).train()
-    without = tiny_model(use_kernels=False, **VARIANTS[variant]).train()
     x = torch.randint(3, 300, (2, 20))
-    losses = [m(x, labels=x).loss for m in (with_kernel, without)]
-    assert calls, "the kernel was not used"
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
-    for loss in losses:
-        loss.backward()
-    for (name, a), b in zip(with_kernel.named_parameters(), without.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_kernel_matches_fallback(KERNEL, "masked_mixing", monkeypatch,
+                                   lambda **extra: tiny_model(**VARIANTS[variant], **extra), x)
 
 
 def test_cached_decoding_with_kernel_and_padded_batches_fall_back():
