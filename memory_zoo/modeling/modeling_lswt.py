@@ -107,6 +107,28 @@ class LSWTRotary:
         return out * self.scale if self.scale != 1.0 else out
 
 
+@dataclass
+class LSWTAttentionMask:
+    """The attention mask of one call, shared by every layer: `None` where SDPA's own causal mask is exact (no
+    memory, no registers, no padding), else the bottom-right aligned boolean mask `[B or 1, 1, new, registers +
+    total]` (SDPA's `is_causal` aligns top-left). `padded` rules out the flash kernel, which has no padding mask."""
+
+    mask: torch.Tensor | None
+    padded: bool
+
+    @classmethod
+    def for_call(cls, registers: int, length: int, total: int, key_valid: torch.Tensor | None,
+                 device: torch.device) -> LSWTAttentionMask:
+        keys = registers + total
+        if key_valid is None and keys == length:
+            return cls(None, False)
+        mask = torch.ones(length, keys, dtype=torch.bool, device=device).tril(keys - length)[None, None]
+        if key_valid is not None:  # registers are always visible
+            mask = mask & F.pad(key_valid, (registers, 0), value=True)[:, None, None, :]
+            mask = mask | ~mask.any(-1, keepdim=True)  # padding queries see something; their outputs are unused
+        return cls(mask, key_valid is not None)
+
+
 class LSWTHeadNorm(nn.Module):
     """Per-head RMS normalisation `x / (rms(x) + eps) * weight[h]` (eps after the square root, research numerics)."""
 
@@ -143,7 +165,7 @@ class LSWTAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden_states: torch.Tensor, rotary: LSWTRotary, key_valid: torch.Tensor | None,
+    def forward(self, hidden_states: torch.Tensor, rotary: LSWTRotary, mask: LSWTAttentionMask,
                 cache: LSWTCache | None) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states))
@@ -159,18 +181,14 @@ class LSWTAttention(nn.Module):
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = rotary.rotate(query), rotary.rotate(key)
         if self.registers_k is not None:  # unrotated, uncached, seen by every query
-            registers = self.registers_k.shape[2]
             key = torch.cat([(self.registers_k * rotary.scale).to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
             value = torch.cat([(self.registers_v * rotary.scale).to(value.dtype).expand(batch, -1, -1, -1), value], 2)
-            if key_valid is not None:
-                key_valid = F.pad(key_valid, (registers, 0), value=True)
-        out = self._attend(query, key, value, key_valid)
+        out = self._attend(query, key, value, mask)
         return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
 
-    def _attend(self, query, key, value, key_valid):
-        queries, keys = query.shape[2], key.shape[2]
+    def _attend(self, query, key, value, mask: LSWTAttentionMask):
         dropout = self.config.dropout_att_mat if self.training else 0.0
-        if key_valid is None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and self.kernel:
+        if not mask.padded and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and self.kernel:
             kernel = kernel_for(query, "flash_attn", *self.kernel)
             if kernel is not None:  # flash attention aligns its causal mask bottom-right, as the research code needs
                 try:
@@ -180,14 +198,8 @@ class LSWTAttention(nn.Module):
                     logger.warning_once(f"flash attention kernel failed ({type(error).__name__}: {error}); using SDPA.")
                 else:
                     return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
-        if key_valid is None and queries == keys:
-            return F.scaled_dot_product_attention(query, key, value, is_causal=True, dropout_p=dropout)
-        # SDPA's is_causal aligns top-left: with memory or registers the mask must be explicit (bottom-right)
-        mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
-        if key_valid is not None:
-            mask = mask & key_valid[:, None, None, :]
-            mask = mask | ~mask.any(-1, keepdim=True)  # padding queries see something; their outputs are unused
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask.mask, is_causal=mask.mask is None,
+                                              dropout_p=dropout)
 
 
 class LSWTMLP(nn.Module):
@@ -221,8 +233,8 @@ class LSWTDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = LSWTMLP(config)
 
-    def forward(self, hidden_states, rotary, key_valid=None, past_key_values=None):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotary, key_valid,
+    def forward(self, hidden_states, rotary, mask, past_key_values=None):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotary, mask,
                                                        past_key_values)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -324,12 +336,14 @@ class LSWTModel(LSWTPreTrainedModel):
             valid = attention_mask[:, -total:].bool()
             key_valid = None if bool(valid.all()) else valid
         rotary = LSWTRotary.for_length(self.config, total, hidden_states.device)
+        mask = LSWTAttentionMask.for_call(self.config.num_registers, hidden_states.shape[1], total, key_valid,
+                                          hidden_states.device)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, key_valid, past_key_values)
+            hidden_states = layer(hidden_states, rotary, mask, past_key_values)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
