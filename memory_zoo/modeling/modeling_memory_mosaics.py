@@ -150,6 +150,9 @@ class MosaicsStep:
 
     past_length: int
     valid: torch.Tensor | None = None
+    # The in-context read-out mask, built once per call for every block; None on the causal fast path
+    read_allowed: torch.Tensor | None = None
+    read_has_any: torch.Tensor | None = None
 
     def valid_span(self, start: int, stop: int) -> torch.Tensor | None:
         return None if self.valid is None else self.valid[:, start:stop]
@@ -332,27 +335,20 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
     def read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: MosaicsStep) -> torch.Tensor:
         """Kernel regression of the new queries `[B, H, T, d]` over the readable `values` (`[B, H, Nv, d]`)."""
         batch, heads, length, dim = queries.shape
-        past, shift, readable = step.past_length, self.shift, values.shape[-2]
+        shift, readable = self.shift, values.shape[-2]
         dropout = self.read_dropout if self.training else 0.0
         if readable == 0:
             return queries.new_zeros(batch, heads, length, dim)
-        if past == 0 and step.valid is None:
+        if step.read_allowed is None:
             # Query t reads keys 0 .. t - shift: an ordinary causal problem on rows shift.. (flash/SDPA friendly).
             out = F.scaled_dot_product_attention(
                 queries[:, :, shift:], keys[:, :, :readable], values, dropout_p=dropout, is_causal=True, scale=1.0
             )
             return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2)
-        positions = torch.arange(past, past + length, device=queries.device)
-        allowed = torch.arange(readable, device=queries.device)[None, :] <= positions[:, None] - shift  # [T, Nv]
-        allowed = allowed[None, None]
-        if step.valid is not None:
-            allowed = allowed & step.valid[:, None, None, :readable]
-        has_any = allowed.any(-1, keepdim=True)
-        # Rows with nothing to read attend everywhere (no 0/0) and are zeroed afterwards.
         out = F.scaled_dot_product_attention(
-            queries, keys[:, :, :readable], values, attn_mask=allowed | ~has_any, dropout_p=dropout, scale=1.0
+            queries, keys[:, :, :readable], values, attn_mask=step.read_allowed, dropout_p=dropout, scale=1.0
         )
-        return out * has_any.to(out.dtype)
+        return out * step.read_has_any.to(out.dtype)
 
 
 class MemoryMosaicsPersistentMemory(MemoryMosaicsAssociativeMemory):
@@ -500,7 +496,8 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _step(self, attention_mask: torch.Tensor | None, past: MemoryMosaicsCache | None, length: int) -> MosaicsStep:
+    def _step(self, attention_mask: torch.Tensor | None, past: MemoryMosaicsCache | None, length: int,
+              device: torch.device) -> MosaicsStep:
         past_length = past.get_seq_length() if past is not None else 0
         total = past_length + length
         if self.config.long_context == "crop" and total > self.config.block_size:
@@ -528,7 +525,19 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
                     "with every later call so padding stays out of the memories."
                 )
             past.is_padded = past.is_padded or valid is not None
-        return MosaicsStep(past_length, valid)
+        step = MosaicsStep(past_length, valid)
+        readable = total - self.config.value_shift
+        if (past_length > 0 or valid is not None) and readable > 0:
+            # Query t reads values u <= t - value_shift among the real ones; built once for every block.
+            positions = torch.arange(past_length, total, device=device)
+            allowed = torch.arange(readable, device=device)[None, :] <= positions[:, None] - self.config.value_shift
+            allowed = allowed[None, None]
+            if valid is not None:
+                allowed = allowed & valid[:, None, None, :readable]
+            step.read_has_any = allowed.any(-1, keepdim=True)
+            # Rows with nothing to read attend everywhere (no 0/0) and are zeroed afterwards.
+            step.read_allowed = allowed | ~step.read_has_any
+        return step
 
     @can_return_tuple
     def forward(
@@ -547,7 +556,7 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
 
-        step = self._step(attention_mask, past_key_values, inputs_embeds.shape[1])
+        step = self._step(attention_mask, past_key_values, inputs_embeds.shape[1], inputs_embeds.device)
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
