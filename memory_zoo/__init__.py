@@ -6,7 +6,17 @@ Importing the package registers every architecture with the transformers Auto cl
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration import LSWTConfig, MaskedMixerConfig, MemoryLayersConfig, MemoryMosaicsConfig
+from .configuration import (
+    LSWTConfig,
+    MaskedMixerConfig,
+    MemoryLayersConfig,
+    MemoryMixerConfig,
+    MemoryMosaicsConfig,
+    MixerAutoencoderConfig,
+    TransformerAutoencoderConfig,
+    VariableMemoryMixerConfig,
+    VariableMemoryTransformerConfig,
+)
 from .modeling import (
     CheckpointMismatchError,
     LSWTCache,
@@ -18,26 +28,40 @@ from .modeling import (
     MaskedMixerModel,
     MemoryLayersForCausalLM,
     MemoryLayersModel,
+    MemoryMixerCache,
+    MemoryMixerForCausalLM,
     MemoryMosaicsCache,
     MemoryMosaicsForCausalLM,
     MemoryMosaicsModel,
+    MixerAutoencoderModel,
+    TransformerAutoencoderModel,
+    VariableMemoryMixerForCausalLM,
+    VariableMemoryTransformerCache,
+    VariableMemoryTransformerForCausalLM,
     memory_layers_param_groups,
 )
 
 __version__ = "0.1.0"
 
-# (config class, base model, causal-LM model) of every architecture.
+# (config class, AutoModel class, AutoModelForCausalLM class or None) of every architecture. Autoencoders have no
+# causal-LM class; memory models are one model, registered for both Auto classes.
 ARCHITECTURES = [
     (MaskedMixerConfig, MaskedMixerModel, MaskedMixerForCausalLM),
     (MemoryMosaicsConfig, MemoryMosaicsModel, MemoryMosaicsForCausalLM),
     (MemoryLayersConfig, MemoryLayersModel, MemoryLayersForCausalLM),
     (LSWTConfig, LSWTModel, LSWTForCausalLM),
+    (MixerAutoencoderConfig, MixerAutoencoderModel, None),
+    (VariableMemoryMixerConfig, VariableMemoryMixerForCausalLM, VariableMemoryMixerForCausalLM),
+    (MemoryMixerConfig, MemoryMixerForCausalLM, MemoryMixerForCausalLM),
+    (TransformerAutoencoderConfig, TransformerAutoencoderModel, None),
+    (VariableMemoryTransformerConfig, VariableMemoryTransformerForCausalLM, VariableMemoryTransformerForCausalLM),
 ]
 
 for _config, _base, _causal_lm in ARCHITECTURES:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _base, exist_ok=True)
-    AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
+    if _causal_lm is not None:
+        AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
 __all__ = [
     "ARCHITECTURES",
@@ -54,9 +78,21 @@ __all__ = [
     "MemoryLayersConfig",
     "MemoryLayersForCausalLM",
     "MemoryLayersModel",
+    "MemoryMixerCache",
+    "MemoryMixerConfig",
+    "MemoryMixerForCausalLM",
     "MemoryMosaicsCache",
     "MemoryMosaicsConfig",
     "MemoryMosaicsForCausalLM",
     "MemoryMosaicsModel",
+    "MixerAutoencoderConfig",
+    "MixerAutoencoderModel",
+    "TransformerAutoencoderConfig",
+    "TransformerAutoencoderModel",
+    "VariableMemoryMixerConfig",
+    "VariableMemoryMixerForCausalLM",
+    "VariableMemoryTransformerCache",
+    "VariableMemoryTransformerConfig",
+    "VariableMemoryTransformerForCausalLM",
     "memory_layers_param_groups",
 ]

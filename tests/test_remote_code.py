@@ -133,6 +133,51 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
 
+def _compression_case(name: str, tmp_path: Path):
+    from test_mixer_autoencoder import converted
+
+    model, _, expected = converted(name, tmp_path)
+    return model, expected["input_ids"]
+
+
+# case -> (modeling module, configuration module, builder of (model, input_ids)); compression models share modules
+COMPRESSION_CASES = {
+    "mixer_autoencoder-converted": ("modeling_mixer_autoencoder", "configuration_mixer_autoencoder",
+                                    lambda tmp: _compression_case("ae_mixer_h2_k3_repeat_c4", tmp)),
+    "variable_memory_mixer-converted": ("modeling_memory_mixer", "configuration_mixer_autoencoder",
+                                        lambda tmp: _compression_case("vmm_proj_h2_k3_c2_3chunks", tmp)),
+    "memory_mixer-previous_chunk": ("modeling_memory_mixer", "configuration_mixer_autoencoder", lambda tmp: (
+        __import__("test_mixer_autoencoder").tiny_memory_token_mixer(), torch.randint(1, 60, (2, 9)))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPRESSION_CASES))
+def test_compression_models_load_without_the_package(case, tmp_path):
+    modeling, configuration, build = COMPRESSION_CASES[case]
+    model, input_ids = build(tmp_path)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    with torch.no_grad():
+        out = model(input_ids)
+    tensors = {"input_ids": input_ids, "logits": out.logits}
+    if getattr(out, "memory", None) is not None:
+        tensors["memory"] = out.memory
+    save_file(tensors, str(model_dir / "probe.safetensors"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(PROBE.parent / "remote_code_probe_compression.py"), str(model_dir)],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["blocked"] and report["model_module"].startswith("transformers_modules.")
+    assert report["model_module"].endswith("." + modeling) and report["model_class"] == type(model).__name__
+    assert report["logits_max_diff"] <= 1e-5
+    assert report.get("cached_equals_uncached", True)
+    assert report.get("memory_max_diff", 0.0) <= 1e-5 and report.get("round_trip_max_diff", 0.0) <= 1e-5
+    assert {f"{configuration}.py", f"{modeling}.py", "modeling_masked_mixer.py", "zoo_compression.py"} <= {
+        p.name for p in model_dir.glob("*.py")}
+
+
 def test_save_writes_auto_map_and_flat_code(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -4,5 +4,17 @@ from .configuration_lswt import LSWTConfig
 from .configuration_masked_mixer import MaskedMixerConfig
 from .configuration_memory_layers import MemoryLayersConfig
 from .configuration_memory_mosaics import MemoryMosaicsConfig
+from .configuration_memory_transformer import (
+    TransformerAutoencoderConfig,
+    VariableMemoryTransformerConfig,
+    research_llama_config,
+)
+from .configuration_mixer_autoencoder import (
+    MemoryMixerConfig,
+    MixerAutoencoderConfig,
+    VariableMemoryMixerConfig,
+)
 
-__all__ = ["LSWTConfig", "MaskedMixerConfig", "MemoryLayersConfig", "MemoryMosaicsConfig"]
+__all__ = ["LSWTConfig", "MaskedMixerConfig", "MemoryLayersConfig", "MemoryMixerConfig", "MemoryMosaicsConfig", "MixerAutoencoderConfig",
+           "TransformerAutoencoderConfig", "VariableMemoryMixerConfig", "VariableMemoryTransformerConfig",
+           "research_llama_config"]

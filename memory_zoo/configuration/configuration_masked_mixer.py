@@ -53,6 +53,11 @@ class MaskedMixerConfig(PretrainedConfig):
             `L x L` matrix (the masked zeros take part in the softmax). The research code overwrote its weights
             with this transform on every call; here it is applied functionally, which reproduces the research
             model's first forward after loading and keeps training a proper reparameterisation.
+        mixing_kernel_size (`int`, defaults to 1): the research `kernel` of blbadger/memorymodels. The research mixing
+            is a `Conv1d` whose channels are token positions, so its kernel slides along the *features*: with
+            `K > 1` every mixing matrix becomes `K` matrices, tap `k` mixing the features shifted by
+            `k - (K - 1) // 2` (zero-padded, "same" padding). Still causal over positions; the Hub kernel only
+            covers `K = 1`.
         mixing_bias (`bool`, defaults to `True`): whether each mixing matrix has a per-output-position bias.
         use_kernels (`bool`, defaults to `True`): on GPUs, run the causal mixing through the Triton `masked_mixing`
             Hub kernel (about half the FLOPs of a dense matmul); it falls back to the pure-torch path, with one log
@@ -84,6 +89,7 @@ class MaskedMixerConfig(PretrainedConfig):
         mixing_expanded: bool = False,
         mixing_softmax: bool = False,
         mixing_bias: bool = True,
+        mixing_kernel_size: int = 1,
         use_kernels: bool = True,
         kernel_repo_id: str | None = "memory-zoo/masked-mixing",
         kernel_revision: str | None = "v1",
@@ -108,6 +114,7 @@ class MaskedMixerConfig(PretrainedConfig):
         self.mixing_expanded = mixing_expanded
         self.mixing_softmax = mixing_softmax
         self.mixing_bias = mixing_bias
+        self.mixing_kernel_size = mixing_kernel_size
         self.use_kernels = use_kernels
         self.kernel_repo_id = kernel_repo_id
         self.kernel_revision = kernel_revision
@@ -122,7 +129,7 @@ class MaskedMixerConfig(PretrainedConfig):
 
     def _check(self) -> None:
         check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
-                              "intermediate_size", "num_mixing_heads"))
+                              "intermediate_size", "num_mixing_heads", "mixing_kernel_size"))
         if self.mixing_head_dim is not None and (not isinstance(self.mixing_head_dim, int) or self.mixing_head_dim < 1):
             raise ValueError(f"MaskedMixerConfig.mixing_head_dim must be a positive integer or None, "
                              f"got {self.mixing_head_dim!r}.")
@@ -131,6 +138,9 @@ class MaskedMixerConfig(PretrainedConfig):
                 f"num_mixing_heads={self.num_mixing_heads} needs mixing_head_dim (the per-head projection width, "
                 f"e.g. hidden_size // num_mixing_heads = {self.hidden_size // self.num_mixing_heads})."
             )
+        if self.mixing_kernel_size > 1 and (self.mixing_softmax or self.mixing_expanded):
+            raise ValueError("mixing_kernel_size > 1 cannot be combined with mixing_softmax or mixing_expanded: no "
+                             "research model used both; set mixing_kernel_size=1.")
         if self.mixing_softmax and self.mixing_expanded:
             raise ValueError("mixing_softmax and mixing_expanded cannot be combined: no research model used both.")
         if self.hidden_act not in ACT2FN:

@@ -12,8 +12,11 @@ from .. import __version__
 from ..modeling.modeling_lswt import LSWTForCausalLM, LSWTForPreferenceHeads
 from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
 from ..modeling.modeling_memory_layers import MemoryLayersForCausalLM
+from ..modeling.modeling_memory_mixer import MemoryMixerForCausalLM, VariableMemoryMixerForCausalLM
 from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
-from . import lswt, masked_mixer, memory_layers, memory_mosaics
+from ..modeling.modeling_memory_transformer import TransformerAutoencoderModel, VariableMemoryTransformerForCausalLM
+from ..modeling.modeling_mixer_autoencoder import MixerAutoencoderModel
+from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder
 from .common import (
     ConversionError,
     checkpoint_digest,
@@ -26,6 +29,10 @@ from .common import (
 
 def _masked_mixer_checkpoint(file, source: str, research_config: dict):
     return masked_mixer.convert_masked_mixer_state_dict(load_state_dict(file), source, research_config)
+
+
+def _memorymodels_mixer_checkpoint(file, source: str, research_config: dict):
+    return mixer_autoencoder.convert_mixer_state_dict(load_state_dict(file), source, research_config)
 
 
 def _lswt_class(config) -> type:
@@ -43,9 +50,17 @@ SOURCES = {
        for name in memory_layers.SOURCES},
     **{name: ("Avelina9X/memory-transformer-pt4", lswt.convert_lswt_checkpoint, _lswt_class)
        for name in lswt.SOURCES},
+    "autoencoding-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, MixerAutoencoderModel),
+    "variable-memory-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, VariableMemoryMixerForCausalLM),
+    "memory-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, MemoryMixerForCausalLM),
+    "autoencoding-transformer": ("blbadger/memorymodels", memory_transformer.convert_memory_transformer_checkpoint,
+                                 TransformerAutoencoderModel),
+    "variable-memory-transformer": ("blbadger/memorymodels", memory_transformer.convert_memory_transformer_checkpoint,
+                                    VariableMemoryTransformerForCausalLM),
 }
 # Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
-_SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES}
+_SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES, *mixer_autoencoder.SOURCES,
+                        *memory_transformer.SOURCES}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

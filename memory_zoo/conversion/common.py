@@ -114,6 +114,20 @@ def load_research_config(path: str | os.PathLike | None) -> dict:
     return {} if path is None else read_json_object(path, f"--config file {path}")
 
 
+def research_init_kwargs(research_config: dict) -> dict:
+    """The research constructor arguments in ``--config``: the object itself, or its ``init_kwargs`` entry.
+
+    The second form is a dump of a research model (class, constructor arguments, sub-models); its other entries
+    are kept under their own names so converters can read sub-model descriptions.
+    """
+    if "init_kwargs" not in research_config:
+        return dict(research_config)
+    arguments = research_config["init_kwargs"]
+    if not isinstance(arguments, dict):
+        raise ConversionError(f"--config init_kwargs must be a JSON object, got {type(arguments).__name__}.")
+    return {**{k: v for k, v in research_config.items() if k != "init_kwargs"}, **arguments}
+
+
 def reconcile(research_config: dict, names: Iterable[str], from_checkpoint, what: str):
     """Check the ``--config`` values under ``names`` against the value the tensor shapes imply.
 

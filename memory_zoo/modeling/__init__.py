@@ -21,6 +21,19 @@ from .modeling_memory_mosaics import (
     MemoryMosaicsModel,
     MemoryMosaicsPreTrainedModel,
 )
+from .modeling_memory_mixer import (
+    MemoryMixerCache,
+    MemoryMixerForCausalLM,
+    VariableMemoryMixerForCausalLM,
+    VariableMemoryMixerPreTrainedModel,
+)
+from .modeling_memory_transformer import (
+    MemoryTransformerPreTrainedModel,
+    TransformerAutoencoderModel,
+    VariableMemoryTransformerCache,
+    VariableMemoryTransformerForCausalLM,
+)
+from .modeling_mixer_autoencoder import MixerAutoencoderModel, MixerAutoencoderPreTrainedModel
 from .zoo_common import CheckpointMismatchError, ZooPreTrainedModel, export_remote_code
 
 __all__ = [
@@ -43,6 +56,16 @@ __all__ = [
     "MemoryMosaicsForCausalLM",
     "MemoryMosaicsModel",
     "MemoryMosaicsPreTrainedModel",
+    "MemoryMixerForCausalLM",
+    "MixerAutoencoderModel",
+    "MixerAutoencoderPreTrainedModel",
+    "MemoryMixerCache",
+    "VariableMemoryMixerForCausalLM",
+    "VariableMemoryMixerPreTrainedModel",
+    "MemoryTransformerPreTrainedModel",
+    "TransformerAutoencoderModel",
+    "VariableMemoryTransformerCache",
+    "VariableMemoryTransformerForCausalLM",
     "ZooPreTrainedModel",
     "export_remote_code",
     "memory_layers_param_groups",

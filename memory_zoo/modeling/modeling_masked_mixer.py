@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
@@ -87,18 +88,25 @@ class MixingPositions:
 class MaskedMixerPositionMixing(nn.Module):
     """`num_heads` learned `L x L` matrices mixing token positions causally, with one bias per output position.
 
-    Research equivalent: `nn.Conv1d(L, L, kernel_size=1)` on `[B, T, D]` activations with `tril` applied to its
-    weight (`weight[h, t, s] = conv.weight[t, s, 0]`, `bias[h, t] = conv.bias[t]`).
+    Research equivalent: `nn.Conv1d(L, L, kernel_size=K, padding="same")` on `[B, T, D]` activations with `tril`
+    applied to its weight: the token axis is the conv's channel axis, so the kernel slides along the *feature*
+    axis. With `K = 1` (`weight [H, L, L]`, `weight[h, t, s] = conv.weight[t, s, 0]`) a position mixes its
+    predecessors' features one to one; with `K > 1` (`weight [H, K, L, L]`, `weight[h, k] = conv.weight[..., k]`)
+    tap `k` reads the features shifted by `k - (K - 1) // 2`, zero beyond the edges ("same" padding puts the
+    extra zero of an even kernel on the right).
     """
 
     def __init__(self, num_heads: int, length: int, bias: bool = True, softmax: bool = False,
-                 kernel: tuple[str | None, str | None] | None = None):
+                 kernel: tuple[str | None, str | None] | None = None, kernel_size: int = 1):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_heads, length, length))
+        taps = () if kernel_size == 1 else (kernel_size,)
+        self.weight = nn.Parameter(torch.empty(num_heads, *taps, length, length))
         self.bias = nn.Parameter(torch.empty(num_heads, length)) if bias else None
         self.softmax = softmax
-        # (Hub repo id, revision) of the `masked_mixing` kernel, or None to always use the pure-torch path.
-        self.kernel = kernel
+        self.kernel_size = kernel_size
+        # (Hub repo id, revision) of the `masked_mixing` kernel, or None to always use the pure-torch path. The
+        # kernel computes one tap; feature-axis kernels (K > 1) always take the pure-torch path.
+        self.kernel = kernel if kernel_size == 1 else None
 
     def effective_weight(self) -> torch.Tensor:
         """The matrices as the model uses them (entries above the diagonal are masked out later)."""
@@ -109,23 +117,36 @@ class MaskedMixerPositionMixing(nn.Module):
         weight = torch.softmax(torch.tril(self.weight.float()), dim=-2)
         return torch.tril(weight).to(self.weight.dtype)
 
+    def _taps(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`inputs [B, H, T, d]` shifted along the features once per tap: `[B, H, K, T, d]`."""
+        left = (self.kernel_size - 1) // 2
+        padded = F.pad(inputs, (left, self.kernel_size - 1 - left))
+        width = inputs.shape[-1]
+        return torch.stack([padded[..., k:k + width] for k in range(self.kernel_size)], dim=2)
+
     def forward(self, inputs: torch.Tensor, positions: MixingPositions) -> torch.Tensor:
         """Mix `inputs [B, H, Tk, d]` (all positions so far) into outputs `[B, H, Tq, d]` for the newest `Tq` rows."""
         weight = self.effective_weight()
         key_length = inputs.shape[-2]
+        taps = self.kernel_size > 1
+        values = self._taps(inputs) if taps else inputs
         if positions.query_positions is None:
             start = positions.past_length
-            rows = weight[:, start:key_length, :key_length]
+            rows = weight[..., start:key_length, :key_length]
             bias = self.bias[:, start:key_length] if self.bias is not None else None
             kernel = kernel_for(inputs, "masked_mixing", *self.kernel) if self.kernel is not None else None
             if kernel is not None:
                 return kernel.masked_mixing(rows, inputs, bias, start)
-            out = torch.matmul(torch.tril(rows, diagonal=start), inputs)
+            out = torch.matmul(torch.tril(rows, diagonal=start), values)
+            out = out.sum(2) if taps else out
             return out + bias[..., None] if bias is not None else out
         query, key = positions.query_positions, positions.key_positions
-        rows = weight[:, query[:, :, None], key[:, None, :]].transpose(0, 1)  # [B, H, Tq, Tk]
+        rows = weight[..., query[:, :, None], key[:, None, :]]  # [H, (K,) B, Tq, Tk]
+        rows = rows.movedim(-3, 0)  # [B, H, (K,) Tq, Tk]
         visible = (key[:, None, :] <= query[:, :, None]) & positions.key_valid[:, None, :]
-        out = torch.matmul(rows * visible[:, None].to(rows.dtype), inputs)
+        visible = visible[:, None, None] if taps else visible[:, None]
+        out = torch.matmul(rows * visible.to(rows.dtype), values)
+        out = out.sum(2) if taps else out
         if self.bias is not None:
             out = out + self.bias[:, query].transpose(0, 1)[..., None]
         return out
@@ -142,7 +163,8 @@ class MaskedMixerTokenMixer(nn.Module):
         self.in_proj = nn.Linear(config.hidden_size, width) if config.mixing_head_dim is not None else None
         length = config.max_position_embeddings
         kernel = (config.kernel_repo_id, config.kernel_revision) if config.use_kernels else None
-        self.mix = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, config.mixing_softmax, kernel)
+        self.mix = MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, config.mixing_softmax, kernel,
+                                             config.mixing_kernel_size)
         self.mix_out = (
             MaskedMixerPositionMixing(self.num_heads, length, config.mixing_bias, kernel=kernel)
             if config.mixing_expanded else None
@@ -215,8 +237,9 @@ class MaskedMixerPreTrainedModel(ZooPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, MaskedMixerPositionMixing):
-            # PyTorch's Conv1d default, as in the research code: U(-1/sqrt(L), 1/sqrt(L)) for weight and bias.
-            bound = 1.0 / math.sqrt(module.weight.shape[-1])
+            # PyTorch's Conv1d default, as in the research code: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and
+            # bias, fan_in = L * kernel size.
+            bound = 1.0 / math.sqrt(module.weight.shape[-1] * module.kernel_size)
             init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.uniform_(module.bias, -bound, bound)

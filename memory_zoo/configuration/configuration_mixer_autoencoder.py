@@ -1,0 +1,481 @@
+"""Configurations of the masked-mixer text-compression models (Badger, "Language Model Memory and Memory Models
+for Language", 2026; research code blbadger/memorymodels): the autoencoder and the memory-augmented mixers.
+
+Every stack of these models is a stack of Masked Mixer blocks; `mixer_stack_config` turns the fields below into
+the [`MaskedMixerConfig`] of one stack, so the blocks (and their kernels and caches) are the Masked Mixer's own.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+from .configuration_masked_mixer import MaskedMixerConfig
+from .zoo_config import check_integers
+
+DECODER_INPUTS = ("unroll", "repeat")
+COMBINATIONS = ("token", "embedding")
+MEMORY_SOURCES = ("window", "previous_chunk")
+
+
+def mixer_stack_config(
+    config: PretrainedConfig, hidden_size: int, layers: int, length: int, kernel_size: int = 1,
+    heads: int = 0, intermediate_size: int | None = None, out_proj: bool = False,
+) -> MaskedMixerConfig:
+    """The [`MaskedMixerConfig`] of one mixer stack of a compression model.
+
+    `heads = 0` is the research flat mixing; `heads > 0` the research `MixerHead`: `heads` projections to
+    `hidden_size // heads` features, one masked mixing each, and an output projection. `out_proj` adds an
+    output projection to the flat mixing (the folded form of the research `mixer_clm.py` multi-head block).
+    """
+    return MaskedMixerConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        max_position_embeddings=length,
+        intermediate_size=intermediate_size,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        num_mixing_heads=max(heads, 1),
+        mixing_head_dim=hidden_size // heads if heads else None,
+        mixing_kernel_size=kernel_size,
+        mixing_out_proj=out_proj,
+        use_kernels=config.use_kernels,
+        kernel_repo_id=config.kernel_repo_id,
+        kernel_revision=config.kernel_revision,
+        initializer_range=config.initializer_range,
+    )
+
+
+class _CompressionConfig(PretrainedConfig):
+    """Fields and checks common to the compression models (not registered on its own)."""
+
+    def _check_common(self, integers: tuple[str, ...], head_fields: tuple[tuple[str, str], ...]) -> None:
+        check_integers(self, integers)
+        check_integers(self, [heads for heads, _ in head_fields], minimum=0)
+        for heads, width in head_fields:
+            if getattr(self, heads) and getattr(self, width) % getattr(self, heads):
+                raise ValueError(f"{type(self).__name__}.{width} = {getattr(self, width)} is not divisible by "
+                                 f"{heads} = {getattr(self, heads)}: every mixing head gets width // heads features.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+
+    def _check_compression(self, width_field: str) -> None:
+        width = getattr(self, width_field)
+        if width % self.compression:
+            raise ValueError(f"{type(self).__name__}.compression = {self.compression} must divide {width_field} = "
+                             f"{width} (the code has {width_field} // compression features).")
+
+
+_COMMON_ARGS_DOC = """
+        intermediate_size (`int`, *optional*): MLP width of the decoder blocks; defaults to `4 * hidden_size`.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact erf GELU in the research code).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+        use_kernels / kernel_repo_id / kernel_revision: as in [`MaskedMixerConfig`] (the `masked_mixing` Hub
+            kernel for kernel-size-1 mixing on GPUs, pure torch elsewhere).
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
+        pad_token_id / bos_token_id / eos_token_id (`int`, *optional*): special token ids (research: pad = eos)."""
+
+
+class MixerAutoencoderConfig(_CompressionConfig):
+    r"""
+    Configuration of a [`MixerAutoencoderModel`] (research `AutoencodingMixer`).
+
+    A causal masked-mixer encoder reads a window of `window_length` tokens; its output at `memory_position`
+    (the last position, the only one that has seen the whole window) is the window's memory. An optional
+    bottleneck (`down`, `compression > 1`) makes the code `hidden_size // compression` floats. The decoder
+    rebuilds a `[window_length, hidden_size]` input from the (re-expanded, `up`) memory and reconstructs every
+    token in parallel:
+
+    ```
+    e    = encoder(embed(ids))[:, memory_position]          # [B, D]
+    code = down(e) if compression > 1 else e                 # [B, D // compression]  <- encode()
+    e    = up(code)  if compression > 1 else code
+    x    = projection(unroll(e))  or  e repeated             # [B, L, D]              <- decode()
+    logits = lm_head(decoder(x))                             # [B, L, V]
+    ```
+
+    Args:
+        vocab_size (`int`, defaults to 8000): size of the token vocabulary (research `n_vocab`).
+        hidden_size (`int`, defaults to 512): width `D` of encoder and decoder (research `dim`).
+        encoder_layers (`int`, defaults to 8): encoder blocks (research `depth`, or the depth of a frozen encoder).
+        decoder_layers (`int`, defaults to 8): decoder blocks (research `depth`).
+        window_length (`int`, defaults to 512): the fixed window `L` (research `length`); shorter inputs use the
+            leading positions of every mixing matrix, longer inputs are refused.
+        encoder_mixing_kernel_size / decoder_mixing_kernel_size (`int`, defaults to 1): research `kernel`, the
+            feature-axis kernel of the token mixing (see [`MaskedMixerConfig.mixing_kernel_size`]).
+        encoder_num_mixing_heads / decoder_num_mixing_heads (`int`, defaults to 0): research `n_heads`; 0 is the
+            flat mixing, `h > 0` the multi-head mixing with `h` projections of `hidden_size // h` features.
+        encoder_intermediate_size (`int`, *optional*): MLP width of the encoder blocks; defaults to
+            `4 * hidden_size`.
+        encoder_mixing_out_proj (`bool`, defaults to `False`): a `Linear(D, D)` after the encoder's flat mixing: a
+            frozen research `LanguageMixer` encoder with heads (`mixer_clm.py` `MixerHead`, whose heads all compute
+            the last head's mixing) is folded into this exactly at conversion.
+        compression (`int`, defaults to 1): bottleneck factor; `> 1` adds `down`/`up` and the code has
+            `hidden_size // compression` features.
+        decoder_input (`str`, defaults to `"unroll"`): `"unroll"` gives row `i` the `D // 2` memory features
+            starting at `i mod D` (cyclically), mapped to `D` by `projection`; `"repeat"` copies the memory to every
+            row (research `unroll=False`; `projection` is then unused and absent).
+        memory_position (`int`, defaults to -1): encoder position read as the memory; research `clm_encoder=True`
+            (a frozen causal-LM encoder) reads -2.{common}
+    """
+
+    model_type = "mixer_autoencoder"
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        hidden_size: int = 512,
+        encoder_layers: int = 8,
+        decoder_layers: int = 8,
+        window_length: int = 512,
+        encoder_mixing_kernel_size: int = 1,
+        decoder_mixing_kernel_size: int = 1,
+        encoder_num_mixing_heads: int = 0,
+        decoder_num_mixing_heads: int = 0,
+        encoder_mixing_out_proj: bool = False,
+        encoder_intermediate_size: int | None = None,
+        intermediate_size: int | None = None,
+        compression: int = 1,
+        decoder_input: str = "unroll",
+        memory_position: int = -1,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
+        kernel_revision: str | None = "v1",
+        initializer_range: float = 0.02,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.window_length = window_length
+        self.encoder_mixing_kernel_size = encoder_mixing_kernel_size
+        self.decoder_mixing_kernel_size = decoder_mixing_kernel_size
+        self.encoder_num_mixing_heads = encoder_num_mixing_heads
+        self.decoder_num_mixing_heads = decoder_num_mixing_heads
+        self.encoder_mixing_out_proj = encoder_mixing_out_proj
+        self.encoder_intermediate_size = encoder_intermediate_size or 4 * hidden_size
+        self.intermediate_size = intermediate_size or 4 * hidden_size
+        self.compression = compression
+        self.decoder_input = decoder_input
+        self.memory_position = memory_position
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
+        self.initializer_range = initializer_range
+        # The decoder's head and the encoder's embedding are different matrices in the research model.
+        self.tie_word_embeddings = False
+        kwargs.pop("tie_word_embeddings", None)
+        self._check()
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    def _check(self) -> None:
+        self._check_common(
+            ("vocab_size", "hidden_size", "encoder_layers", "decoder_layers", "window_length",
+             "encoder_mixing_kernel_size", "decoder_mixing_kernel_size", "encoder_intermediate_size",
+             "intermediate_size", "compression"),
+            (("encoder_num_mixing_heads", "hidden_size"), ("decoder_num_mixing_heads", "hidden_size")),
+        )
+        self._check_compression("hidden_size")
+        if self.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"MixerAutoencoderConfig.decoder_input must be one of {DECODER_INPUTS}, "
+                             f"got {self.decoder_input!r}.")
+        if self.decoder_input == "unroll" and self.hidden_size < 2:
+            raise ValueError("decoder_input='unroll' needs hidden_size >= 2 (rows of hidden_size // 2 features).")
+        if not isinstance(self.memory_position, int) or not -self.window_length <= self.memory_position < 0:
+            raise ValueError(f"MixerAutoencoderConfig.memory_position must be a negative position in the window "
+                             f"(-1 = last token, -2 for a causal-LM encoder), got {self.memory_position!r}.")
+
+    @property
+    def memory_size(self) -> int:
+        """Number of floats a window is compressed to."""
+        return self.hidden_size // self.compression
+
+    def encoder_stack_config(self) -> MaskedMixerConfig:
+        return mixer_stack_config(self, self.hidden_size, self.encoder_layers, self.window_length,
+                                  self.encoder_mixing_kernel_size, self.encoder_num_mixing_heads,
+                                  self.encoder_intermediate_size, self.encoder_mixing_out_proj)
+
+    def decoder_stack_config(self) -> MaskedMixerConfig:
+        return mixer_stack_config(self, self.hidden_size, self.decoder_layers, self.window_length,
+                                  self.decoder_mixing_kernel_size, self.decoder_num_mixing_heads,
+                                  self.intermediate_size)
+
+
+class VariableMemoryMixerConfig(_CompressionConfig):
+    r"""
+    Configuration of a [`VariableMemoryMixerForCausalLM`] (research `VariableMemoryMixer`).
+
+    The sequence is cut into chunks of `chunk_length` tokens (at most `num_chunks`). Every finished chunk is
+    encoded to one vector (the encoder's output at `memory_position`, through the optional bottleneck and
+    `decoder_proj`). Chunk `c` is predicted by a causal mixer decoder over
+    `[m_0, ..., m_{c-1}, zeros x (num_chunks - c), tokens of chunk c]` (memories always in the first slots), so the
+    model is causal over the whole sequence and its context is `num_chunks * chunk_length` tokens.
+
+    Args:
+        vocab_size (`int`, defaults to 8000): size of the token vocabulary (research `n_vocab`).
+        encoder_hidden_size (`int`, defaults to 512): encoder width (research `encoder_dim`).
+        hidden_size (`int`, defaults to 1024): decoder width (research `dim`).
+        encoder_layers (`int`, defaults to 16): encoder blocks (research `depth`, or a frozen encoder's depth).
+        decoder_layers (`int`, defaults to 16): decoder blocks (research `depth`).
+        chunk_length (`int`, defaults to 256): tokens per chunk (research `length`).
+        num_chunks (`int`, defaults to 4): number of chunks, and of memory slots (research `n_chunks`).
+        encoder_mixing_kernel_size (`int`, defaults to 1): research `kernel` (encoder only; the research decoder
+            always uses kernel 1 and flat mixing).
+        encoder_num_mixing_heads (`int`, defaults to 0): research `n_heads` (encoder only).
+        encoder_intermediate_size (`int`, *optional*): encoder MLP width; defaults to `4 * encoder_hidden_size`.
+        encoder_mixing_out_proj (`bool`, defaults to `False`): a `Linear(D, D)` after the encoder's flat mixing: a
+            frozen research `LanguageMixer` encoder with heads (`mixer_clm.py` `MixerHead`, whose heads all compute
+            the last head's mixing) is folded into this exactly at conversion.
+        compression (`int`, defaults to 1): bottleneck factor on the encoder width (`down`/`up`).
+        no_memory (`bool`, defaults to `False`): research ablation: no encoder, every slot stays zero.
+        encoder_context (`int`, *optional*): research `encoder_ctx`: each chunk is right-padded with
+            `encoder_pad_token_id` to this length before encoding (a frozen encoder built for longer windows).
+        encoder_pad_token_id (`int`, defaults to 1): the id used for that padding (the research hard-codes 1).
+        memory_position (`int`, defaults to -1): encoder position read as a chunk's memory (with
+            `encoder_context`, -1 is the last *padding* position, as in the research).
+        use_cache (`bool`, defaults to `True`): keep memories and the decoder state between calls (generation).
+        tie_word_embeddings (`bool`, defaults to `False`): share the decoder embedding with `lm_head`.{common}
+    """
+
+    model_type = "variable_memory_mixer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        encoder_hidden_size: int = 512,
+        hidden_size: int = 1024,
+        encoder_layers: int = 16,
+        decoder_layers: int = 16,
+        chunk_length: int = 256,
+        num_chunks: int = 4,
+        encoder_mixing_kernel_size: int = 1,
+        encoder_num_mixing_heads: int = 0,
+        encoder_mixing_out_proj: bool = False,
+        encoder_intermediate_size: int | None = None,
+        intermediate_size: int | None = None,
+        compression: int = 1,
+        no_memory: bool = False,
+        encoder_context: int | None = None,
+        encoder_pad_token_id: int = 1,
+        memory_position: int = -1,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
+        kernel_revision: str | None = "v1",
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.encoder_hidden_size = encoder_hidden_size
+        self.hidden_size = hidden_size
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.chunk_length = chunk_length
+        self.num_chunks = num_chunks
+        self.encoder_mixing_kernel_size = encoder_mixing_kernel_size
+        self.encoder_num_mixing_heads = encoder_num_mixing_heads
+        self.encoder_mixing_out_proj = encoder_mixing_out_proj
+        self.encoder_intermediate_size = encoder_intermediate_size or 4 * encoder_hidden_size
+        self.intermediate_size = intermediate_size or 4 * hidden_size
+        self.compression = compression
+        self.no_memory = no_memory
+        self.encoder_context = encoder_context
+        self.encoder_pad_token_id = encoder_pad_token_id
+        self.memory_position = memory_position
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self._check()
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def _check(self) -> None:
+        self._check_common(
+            ("vocab_size", "encoder_hidden_size", "hidden_size", "encoder_layers", "decoder_layers", "chunk_length",
+             "num_chunks", "encoder_mixing_kernel_size", "encoder_intermediate_size", "intermediate_size",
+             "compression"),
+            (("encoder_num_mixing_heads", "encoder_hidden_size"),),
+        )
+        self._check_compression("encoder_hidden_size")
+        if self.encoder_context is not None:
+            check_integers(self, ("encoder_context",))
+            if self.encoder_context < self.chunk_length:
+                raise ValueError(f"VariableMemoryMixerConfig.encoder_context = {self.encoder_context} is shorter than "
+                                 f"chunk_length = {self.chunk_length}; it must hold a whole chunk (or be None).")
+        if not isinstance(self.memory_position, int) or not -self.encoder_length <= self.memory_position < 0:
+            raise ValueError(f"VariableMemoryMixerConfig.memory_position must be a negative encoder position "
+                             f"(-1 = last), got {self.memory_position!r}.")
+
+    @property
+    def encoder_length(self) -> int:
+        """Positions the encoder is built for: `encoder_context` or `chunk_length`."""
+        return self.encoder_context or self.chunk_length
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model can read: `num_chunks * chunk_length`."""
+        return self.num_chunks * self.chunk_length
+
+    def encoder_stack_config(self) -> MaskedMixerConfig:
+        return mixer_stack_config(self, self.encoder_hidden_size, self.encoder_layers, self.encoder_length,
+                                  self.encoder_mixing_kernel_size, self.encoder_num_mixing_heads,
+                                  self.encoder_intermediate_size, self.encoder_mixing_out_proj)
+
+    def decoder_stack_config(self) -> MaskedMixerConfig:
+        return mixer_stack_config(self, self.hidden_size, self.decoder_layers, self.num_chunks + self.chunk_length,
+                                  intermediate_size=self.intermediate_size)
+
+
+class MemoryMixerConfig(_CompressionConfig):
+    r"""
+    Configuration of a [`MemoryMixerForCausalLM`], the memory-token mixer (research `MemoryMixer`).
+
+    One memory vector conditions a causal mixer decoder over a chunk of `chunk_length` tokens, either as an extra
+    first token (`combination="token"`) or concatenated to every token embedding (`combination="embedding"`).
+    Where the memory comes from is `memory_source`:
+
+    * `"window"` (research): the encoder reads the same window the decoder predicts. This is the research's
+      "oracle" memory model (it measures how much a memory vector can carry); it is not a causal LM, so
+      inputs are limited to one window and `generate` is refused.
+    * `"previous_chunk"`: chunk `c` is decoded from the memory of chunk `c - 1` (the first chunk from an empty,
+      all-zero memory). This is causal, has no length limit, and generates across chunks with cached memories.
+
+    Args:
+        vocab_size (`int`, defaults to 8000): size of the token vocabulary (research `n_vocab`).
+        encoder_hidden_size (`int`, defaults to 512): encoder width (research `encoder_dim`).
+        hidden_size (`int`, defaults to 512): width of the decoder's token embeddings (research `dim`); with
+            `combination="embedding"` the decoder blocks are `hidden_size + memory_size` wide.
+        encoder_layers / decoder_layers (`int`, defaults to 8): blocks of each stack (research `depth`).
+        chunk_length (`int`, defaults to 512): tokens per chunk (research `length`).
+        mixing_kernel_size (`int`, defaults to 1): research `kernel`, used by encoder and decoder.
+        encoder_num_mixing_heads (`int`, defaults to 0): research `n_heads` (encoder only).
+        encoder_intermediate_size (`int`, *optional*): encoder MLP width; defaults to `4 * encoder_hidden_size`.
+        intermediate_size (`int`, *optional*): decoder MLP width; defaults to 4 x the decoder block width.
+        compression (`int`, defaults to 4): bottleneck factor (research default 4); `memory_size =
+            encoder_hidden_size // compression`.
+        combination (`str`, defaults to `"token"`): `"token"` (the memory, re-expanded by `up` and projected by
+            `decoder_proj` when the widths differ, is a first extra position) or `"embedding"` (the code is
+            concatenated, first, to every token embedding).
+        memory_source (`str`, defaults to `"window"`): see above.
+        use_cache (`bool`, defaults to `True`): keep memories and the decoder state between calls (generation).
+        tie_word_embeddings (`bool`, defaults to `False`): share the decoder embedding with `lm_head` (only
+            possible with `combination="token"`).{common}
+    """
+
+    model_type = "memory_mixer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        encoder_hidden_size: int = 512,
+        hidden_size: int = 512,
+        encoder_layers: int = 8,
+        decoder_layers: int = 8,
+        chunk_length: int = 512,
+        mixing_kernel_size: int = 1,
+        encoder_num_mixing_heads: int = 0,
+        encoder_intermediate_size: int | None = None,
+        intermediate_size: int | None = None,
+        compression: int = 4,
+        combination: str = "token",
+        memory_source: str = "window",
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        use_kernels: bool = True,
+        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
+        kernel_revision: str | None = "v1",
+        initializer_range: float = 0.02,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = False,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.encoder_hidden_size = encoder_hidden_size
+        self.hidden_size = hidden_size
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.chunk_length = chunk_length
+        self.mixing_kernel_size = mixing_kernel_size
+        self.encoder_num_mixing_heads = encoder_num_mixing_heads
+        self.compression = compression
+        self.combination = combination
+        self.memory_source = memory_source
+        self.encoder_intermediate_size = encoder_intermediate_size or 4 * encoder_hidden_size
+        self.intermediate_size = intermediate_size or 4 * self.decoder_width
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.use_kernels = use_kernels
+        self.kernel_repo_id = kernel_repo_id
+        self.kernel_revision = kernel_revision
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self._check(tie_word_embeddings)
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def _check(self, tie_word_embeddings: bool) -> None:
+        self._check_common(
+            ("vocab_size", "encoder_hidden_size", "hidden_size", "encoder_layers", "decoder_layers", "chunk_length",
+             "mixing_kernel_size", "encoder_intermediate_size", "intermediate_size", "compression"),
+            (("encoder_num_mixing_heads", "encoder_hidden_size"),),
+        )
+        self._check_compression("encoder_hidden_size")
+        if self.combination not in COMBINATIONS:
+            raise ValueError(f"MemoryMixerConfig.combination must be one of {COMBINATIONS}, got {self.combination!r}.")
+        if self.memory_source not in MEMORY_SOURCES:
+            raise ValueError(f"MemoryMixerConfig.memory_source must be one of {MEMORY_SOURCES}, "
+                             f"got {self.memory_source!r}.")
+        if tie_word_embeddings and self.combination != "token":
+            raise ValueError("tie_word_embeddings needs combination='token': with 'embedding' the head is "
+                             "hidden_size + memory_size wide and the embedding hidden_size.")
+
+    @property
+    def memory_size(self) -> int:
+        """Number of floats a chunk is compressed to."""
+        return self.encoder_hidden_size // self.compression
+
+    @property
+    def decoder_width(self) -> int:
+        """Width of the decoder blocks: `hidden_size`, plus `memory_size` when the memory is concatenated."""
+        return self.hidden_size + (self.memory_size if self.combination == "embedding" else 0)
+
+    def encoder_stack_config(self) -> MaskedMixerConfig:
+        return mixer_stack_config(self, self.encoder_hidden_size, self.encoder_layers, self.chunk_length,
+                                  self.mixing_kernel_size, self.encoder_num_mixing_heads,
+                                  self.encoder_intermediate_size)
+
+    def decoder_stack_config(self) -> MaskedMixerConfig:
+        length = self.chunk_length + (1 if self.combination == "token" else 0)
+        return mixer_stack_config(self, self.decoder_width, self.decoder_layers, length, self.mixing_kernel_size,
+                                  intermediate_size=self.intermediate_size)
+
+
+MixerAutoencoderConfig.__doc__ = MixerAutoencoderConfig.__doc__.replace("{common}", _COMMON_ARGS_DOC)
+VariableMemoryMixerConfig.__doc__ = VariableMemoryMixerConfig.__doc__.replace("{common}", _COMMON_ARGS_DOC)
+MemoryMixerConfig.__doc__ = MemoryMixerConfig.__doc__.replace("{common}", _COMMON_ARGS_DOC)
+
+__all__ = ["MemoryMixerConfig", "MixerAutoencoderConfig", "VariableMemoryMixerConfig", "mixer_stack_config"]

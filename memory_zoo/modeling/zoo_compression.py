@@ -1,0 +1,81 @@
+"""Pieces shared by the text-compression models: autoencoders and memory-augmented causal LMs.
+
+Both the mixer and the transformer families (blbadger/memorymodels) read one vector per token window, turn it
+back into a decoder input the same way, and train memory models with the same per-chunk loss; those conventions
+are written once here. This file travels with saved models as remote code, so it imports only torch/transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class AutoencoderOutput(ModelOutput):
+    """Output of an autoencoder's forward pass.
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): reconstruction cross-entropy in nats per token (no shift: position
+            `t` reconstructs token `t`), when `labels` were given.
+        logits (`torch.FloatTensor` of shape `[batch, seq_len, vocab_size]`): reconstruction logits.
+        memory (`torch.FloatTensor` of shape `[batch, memory_size]`): the code the window was compressed to (what
+            `encode` returns and `decode` accepts).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): decoder hidden states, when requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    memory: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
+    """Spread a memory vector `[batch, D]` over `length` rows of `D // 2` features (research "unrolled" input).
+
+    Row `i` holds the `D // 2` consecutive features starting at `i mod D`, wrapping around cyclically, so
+    neighbouring positions see overlapping, shifted views of the code; a `Linear(D // 2, D)` follows.
+    """
+    width = memory.shape[-1]
+    rows = torch.arange(length, device=memory.device)[:, None] % width
+    index = (rows + torch.arange(width // 2, device=memory.device)[None, :]) % width
+    return memory[:, index]
+
+
+def chunked_causal_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_length: int) -> torch.Tensor:
+    """Research loss of the variable-memory models: next-token cross-entropy inside each chunk, averaged over chunks.
+
+    Position `t` predicts `labels[t + 1]` only within its chunk (a chunk's last token predicts nothing). Each chunk
+    contributes the mean over its non-ignored (`-100`) targets in the whole batch; the sum is divided by the
+    number of chunks, counting chunks without any target (which contribute nothing), as the research code does.
+    """
+    total = logits.new_zeros((), dtype=torch.float32)
+    chunks = 0
+    for start in range(0, labels.shape[1], chunk_length):
+        chunks += 1
+        end = min(start + chunk_length, labels.shape[1])
+        targets = labels[:, start + 1:end]
+        if not bool((targets != -100).any()):
+            continue
+        predictions = logits[:, start:end - 1].float()
+        total = total + F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1),
+                                        ignore_index=-100)
+    return total / max(chunks, 1)
+
+
+def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: torch.Tensor) -> torch.Tensor:
+    """The decoder's memory positions: the memories of the finished chunks first, then `fill` in the empty slots.
+
+    `memories [batch, k, D]` (or None for k = 0) become `[batch, slots, D]`; `like` gives batch, width, dtype and
+    device. The research fills empty slots with zeros (mixers) or ones (transformers).
+    """
+    batch, width = like.shape[0], like.shape[-1]
+    done = 0 if memories is None else memories.shape[1]
+    empty = like.new_full((batch, slots - done, width), fill)
+    return empty if memories is None else torch.cat([memories.to(like.dtype), empty], dim=1)
+
+
+__all__ = ["AutoencoderOutput", "chunked_causal_loss", "memory_slots", "unroll_memory"]
