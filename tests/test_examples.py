@@ -40,7 +40,8 @@ def test_ruff_clean():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("architecture", ["masked-mixer", "memory-mosaics", "memory-layers", "lswt"])
+@pytest.mark.parametrize("architecture", ["masked-mixer", "memory-mosaics", "memory-layers", "lswt",
+                                          "variable-memory-mixer"])
 def test_generation_benchmark_quick_run_writes_figures(architecture, tmp_path):
     output = tmp_path / "bench.json"
     result = subprocess.run(
@@ -161,3 +162,30 @@ def test_lswt_segment_training_carries_a_detached_memory(recompute, tmp_path):
     before, after = (float(x) for x in summary[0].split()[2:5:2])
     assert after < before
     assert (tmp_path / "model" / "modeling_lswt.py").is_file()
+
+
+def test_mixer_autoencoder_example_reports_compression_metrics(tmp_path):
+    import json
+    import math
+
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mixer_autoencoder.py"), "--steps", "60", "--output-dir",
+         str(tmp_path / "model"), "--json", str(tmp_path / "metrics.json")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for text in ("held-out before training: loss", "held-out after training", "bits/token", "token accuracy",
+                 "compression ratio", "encode_texts:", "original:", "reconstruction:"):
+        assert text in result.stdout, text
+    assert "encoding" in result.stderr  # encode_texts' progress bar
+    summary = [line for line in result.stdout.splitlines() if line.startswith("loss:")]
+    assert summary and "in 60 steps" in summary[0]
+    before, after = (float(x) for x in summary[0].split()[1:4:2])
+    assert after < before
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["after"]["loss_nats"] == pytest.approx(after, abs=5e-4)
+    for metrics in (report["before"], report["after"]):
+        assert metrics["bits_per_token"] == pytest.approx(metrics["loss_nats"] / math.log(2))
+        assert metrics["window_length"] == 32 and metrics["compression_ratio"] == 32 / metrics["memory_size"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
