@@ -3,12 +3,15 @@
 With `use_cache=False` every step re-runs the whole sequence (what the research code does); with `use_cache=True`
 a new token costs one step: a Masked Mixer reads one row of each block's `L x L` mixing matrix from its
 `MaskedMixerCache`, a Memory Mosaic updates its leaky averages and reads its keys/values from its `MemoryMosaicsCache`.
-For each context `C` this script builds a random-weight model for that context (a Masked Mixer with
-`max_position_embeddings = C`, a Memory Mosaic with `block_size = C`), fills it with a random prompt of
+A variable-memory mixer computes each chunk's memory once, when the chunk is complete, and decodes inside a chunk
+like a Masked Mixer (`MemoryMixerCache`). For each context `C` this script builds a random-weight model for that
+context (a Masked Mixer with `max_position_embeddings = C`, a Memory Mosaic with `block_size = C`, a variable-memory
+mixer with 4 chunks of `C / 4` tokens and an encoder half as wide as the decoder, as in the research), fills it with a random prompt of
 `C - new_tokens` tokens and times `generate(..., max_new_tokens=new_tokens)` in both modes, interleaved.
 
     python benchmarks/generation.py                                   # Masked Mixer; writes benchmarks/results/
-    python benchmarks/generation.py --architecture memory-mosaics     # Memory Mosaics (also memory-layers, lswt)
+    python benchmarks/generation.py --architecture memory-mosaics     # Memory Mosaics (also memory-layers, lswt,
+                                                                      # variable-memory-mixer)
     python benchmarks/generation.py --quick    # smoke test (a few seconds), writes to the temp dir
 
 Timings are wall-clock `generate` calls (prompt prefill included), the median of `--repeats`; tokens/s counts the
@@ -39,14 +42,17 @@ from memory_zoo import (  # noqa: E402
     MemoryLayersForCausalLM,
     MemoryMosaicsConfig,
     MemoryMosaicsForCausalLM,
+    VariableMemoryMixerConfig,
+    VariableMemoryMixerForCausalLM,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARCHITECTURES = ("masked-mixer", "memory-mosaics", "memory-layers", "lswt")
+ARCHITECTURES = ("masked-mixer", "memory-mosaics", "memory-layers", "lswt", "variable-memory-mixer")
 TITLES = {"masked-mixer": "Masked Mixer", "memory-mosaics": "Memory Mosaics", "memory-layers": "Memory Layers",
-          "lswt": "LSWT"}
+          "lswt": "LSWT", "variable-memory-mixer": "Variable-memory mixer"}
 CACHES = {"masked-mixer": "MaskedMixerCache", "memory-mosaics": "MemoryMosaicsCache", "memory-layers": "DynamicCache",
-          "lswt": "LSWTCache"}
+          "lswt": "LSWTCache", "variable-memory-mixer": "MemoryMixerCache"}
+MEMORY_CHUNKS = 4  # chunks of the variable-memory mixer (research: 4)
 
 # Values used when a flag is not given; `--quick` swaps in the second set (explicit flags still win).
 DEFAULTS = {"contexts": [128, 256, 512, 1024], "new_tokens": 32, "hidden_size": 256, "layers": 4, "repeats": 3}
@@ -92,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.architecture == "variable-memory-mixer":
+        uneven = [c for c in args.contexts if c % MEMORY_CHUNKS]
+        if uneven:
+            parser.error(f"variable-memory-mixer contexts must be multiples of {MEMORY_CHUNKS} chunks, got {uneven}")
     too_short = [c for c in args.contexts if c <= args.new_tokens]
     if too_short:
         parser.error(f"every context must exceed --new-tokens={args.new_tokens} (the prompt needs at least one token), "
@@ -123,6 +133,12 @@ def build_model(args: argparse.Namespace, context: int):
                                     num_attention_heads=heads, memory_layers=[args.layers // 2], memory_n_keys=256,
                                     memory_k_dim=min(256, args.hidden_size), max_position_embeddings=context)
         return MemoryLayersForCausalLM(config).eval()
+    if args.architecture == "variable-memory-mixer":
+        config = VariableMemoryMixerConfig(vocab_size=args.vocab, encoder_hidden_size=max(2, args.hidden_size // 2),
+                                           hidden_size=args.hidden_size, encoder_layers=args.layers,
+                                           decoder_layers=args.layers, chunk_length=context // MEMORY_CHUNKS,
+                                           num_chunks=MEMORY_CHUNKS, compression=1)
+        return VariableMemoryMixerForCausalLM(config).eval()
     if args.architecture == "lswt":
         config = LSWTConfig(vocab_size=args.vocab, embedding_size=args.hidden_size, hidden_size=args.hidden_size,
                             intermediate_size=4 * args.hidden_size, num_attention_heads=heads,
