@@ -13,8 +13,12 @@ from memory_zoo import (
     MemoryMixerForCausalLM,
     MixerAutoencoderConfig,
     MixerAutoencoderModel,
+    TransformerAutoencoderConfig,
+    TransformerAutoencoderModel,
     VariableMemoryMixerConfig,
     VariableMemoryMixerForCausalLM,
+    VariableMemoryTransformerConfig,
+    VariableMemoryTransformerForCausalLM,
 )
 
 
@@ -30,6 +34,13 @@ def tiny_memory_token_mixer() -> MemoryMixerForCausalLM:
         memory_source="previous_chunk"))
 
 
+def tiny_variable_memory_transformer() -> VariableMemoryTransformerForCausalLM:
+    llama = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=4)
+    return VariableMemoryTransformerForCausalLM(VariableMemoryTransformerConfig(
+        vocab_size=300, encoder_config=llama, decoder_config={**llama, "hidden_size": 24}, chunk_length=8,
+        num_chunks=3, compression=2))
+
+
 # architecture -> a tiny random causal LM of it (vocabulary 300)
 BUILDERS = {
     "masked_mixer": tiny_model,
@@ -38,11 +49,15 @@ BUILDERS = {
     "lswt": lambda: tiny_lswt(),
     "variable_memory_mixer": tiny_variable_memory_mixer,
     "memory_mixer": tiny_memory_token_mixer,
+    "variable_memory_transformer": tiny_variable_memory_transformer,
 }
 # architecture -> a tiny random autoencoder of it (vocabulary 300, windows of 24 tokens); no causal-LM class
 AUTOENCODER_BUILDERS = {
     "mixer_autoencoder": lambda: MixerAutoencoderModel(MixerAutoencoderConfig(
         vocab_size=300, hidden_size=32, encoder_layers=2, decoder_layers=2, window_length=24, compression=2)),
+    "transformer_autoencoder": lambda: TransformerAutoencoderModel(TransformerAutoencoderConfig(
+        vocab_size=300, encoder_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+        window_length=24, compression=2)),
 }
 
 

@@ -298,6 +298,10 @@ def test_memory_model_loss_is_the_research_chunk_loss(tmp_path):
     per_chunk = [torch.nn.functional.cross_entropy(out.logits[:, c * 6:c * 6 + 5].flatten(0, 1),
                                                    labels[:, c * 6 + 1:c * 6 + 6].flatten()) for c in (1, 2, 3)]
     torch.testing.assert_close(out.loss, sum(per_chunk) / 4)
+    # a shorter input scores like the same input right-padded with ignored labels
+    padded = torch.cat([labels[:, :14], torch.full((2, 10), -100)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[:, :14], labels=labels[:, :14]).loss, model(ids, labels=padded).loss)
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():

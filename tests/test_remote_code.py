@@ -148,7 +148,20 @@ COMPRESSION_CASES = {
                                         lambda tmp: _compression_case("vmm_proj_h2_k3_c2_3chunks", tmp)),
     "memory_mixer-previous_chunk": ("modeling_memory_mixer", "configuration_mixer_autoencoder", lambda tmp: (
         __import__("test_mixer_autoencoder").tiny_memory_token_mixer(), torch.randint(1, 60, (2, 9)))),
+    "transformer_autoencoder-converted": ("modeling_memory_transformer", "configuration_memory_transformer",
+                                          lambda tmp: _memory_transformer_case("ae_transformer_bridge", tmp)),
+    "variable_memory_transformer-converted": ("modeling_memory_transformer", "configuration_memory_transformer",
+                                              lambda tmp: _memory_transformer_case("vmt_proj_c2_3chunks", tmp)),
 }
+
+
+def _memory_transformer_case(name: str, tmp_path: Path):
+    from test_memory_transformer_conversion import ROOT, fixture, source_of
+
+    from memory_zoo.conversion import convert
+
+    research_config, expected = fixture(name)
+    return convert(source_of(name), ROOT / name, tmp_path / "converted", config=research_config), expected["input_ids"]
 
 
 @pytest.mark.parametrize("case", sorted(COMPRESSION_CASES))
@@ -174,7 +187,8 @@ def test_compression_models_load_without_the_package(case, tmp_path):
     assert report["logits_max_diff"] <= 1e-5
     assert report.get("cached_equals_uncached", True)
     assert report.get("memory_max_diff", 0.0) <= 1e-5 and report.get("round_trip_max_diff", 0.0) <= 1e-5
-    assert {f"{configuration}.py", f"{modeling}.py", "modeling_masked_mixer.py", "zoo_compression.py"} <= {
+    mixer_blocks = {"modeling_masked_mixer.py"} if "mixer" in configuration else set()  # the Llama ones are transformers'
+    assert {f"{configuration}.py", f"{modeling}.py", "zoo_compression.py", *mixer_blocks} <= {
         p.name for p in model_dir.glob("*.py")}
 
 

@@ -14,18 +14,18 @@ from .modeling_memory_layers import (
     MemoryLayersPreTrainedModel,
     memory_layers_param_groups,
 )
+from .modeling_memory_mixer import (
+    MemoryMixerCache,
+    MemoryMixerForCausalLM,
+    VariableMemoryMixerForCausalLM,
+    VariableMemoryMixerPreTrainedModel,
+)
 from .modeling_memory_mosaics import (
     MemoryMosaicsCache,
     MemoryMosaicsCacheLayer,
     MemoryMosaicsForCausalLM,
     MemoryMosaicsModel,
     MemoryMosaicsPreTrainedModel,
-)
-from .modeling_memory_mixer import (
-    MemoryMixerCache,
-    MemoryMixerForCausalLM,
-    VariableMemoryMixerForCausalLM,
-    VariableMemoryMixerPreTrainedModel,
 )
 from .modeling_memory_transformer import (
     MemoryTransformerPreTrainedModel,

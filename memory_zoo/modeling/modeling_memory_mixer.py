@@ -273,7 +273,8 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         if labels is not None:
             if past:
                 raise ValueError("labels cannot be combined with a filled cache: compute the loss on a full forward.")
-            loss = chunked_causal_loss(logits, labels.to(logits.device), self.config.chunk_length)
+            loss = chunked_causal_loss(logits, labels.to(logits.device), self.config.chunk_length,
+                                       self.config.num_chunks)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
 
 

@@ -45,12 +45,16 @@ def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
     return memory[:, index]
 
 
-def chunked_causal_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_length: int) -> torch.Tensor:
+def chunked_causal_loss(
+    logits: torch.Tensor, labels: torch.Tensor, chunk_length: int, num_chunks: int | None = None
+) -> torch.Tensor:
     """Research loss of the variable-memory models: next-token cross-entropy inside each chunk, averaged over chunks.
 
     Position `t` predicts `labels[t + 1]` only within its chunk (a chunk's last token predicts nothing). Each chunk
-    contributes the mean over its non-ignored (`-100`) targets in the whole batch; the sum is divided by the
-    number of chunks, counting chunks without any target (which contribute nothing), as the research code does.
+    contributes the mean over its non-ignored (`-100`) targets in the whole batch; the sum is divided by
+    `num_chunks` (default: the chunks in the input), counting chunks without any target, as the research code does.
+    Passing the model's chunk count makes a shorter input score like the same input right-padded with ignored
+    labels (the research always filled every chunk).
     """
     total = logits.new_zeros((), dtype=torch.float32)
     chunks = 0
@@ -63,7 +67,7 @@ def chunked_causal_loss(logits: torch.Tensor, labels: torch.Tensor, chunk_length
         predictions = logits[:, start:end - 1].float()
         total = total + F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1),
                                         ignore_index=-100)
-    return total / max(chunks, 1)
+    return total / (num_chunks if num_chunks is not None else max(chunks, 1))
 
 
 def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: torch.Tensor) -> torch.Tensor:
