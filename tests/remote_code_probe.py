@@ -6,21 +6,10 @@ Usage: python remote_code_probe.py MODEL_DIR RESAVE_DIR. Prints one JSON line wi
 import json
 import sys
 
-
-class _BlockMemoryZoo:
-    """Import hook that makes `memory_zoo` unimportable, as on a machine where it is not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "memory_zoo" or name.startswith("memory_zoo."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)")
-        return None
-
-
-sys.meta_path.insert(0, _BlockMemoryZoo())
-
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
+import block_memory_zoo  # noqa: F401  (blocks memory_zoo before anything imports it)
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline
 
 model_dir, resave_dir = sys.argv[1], sys.argv[2]
 try:

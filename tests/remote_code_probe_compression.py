@@ -7,21 +7,10 @@ encode/decode); memory models through AutoModelForCausalLM (logits, cached == un
 import json
 import sys
 
-
-class _BlockMemoryZoo:
-    """Import hook that makes `memory_zoo` unimportable, as on a machine where it is not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "memory_zoo" or name.startswith("memory_zoo."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)")
-        return None
-
-
-sys.meta_path.insert(0, _BlockMemoryZoo())
-
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E402
+import block_memory_zoo  # noqa: F401  (blocks memory_zoo before anything imports it)
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 model_dir = sys.argv[1]
 try:

@@ -97,6 +97,10 @@ def test_converter_errors_name_the_problem(tmp_path):
     save_file(state_dict, str(tmp_path / "model.safetensors"))
     with pytest.raises(ConversionError, match="extra.weight"):
         convert("autoencoding-mixer", tmp_path / "model.safetensors", tmp_path / "e", config={})
+    # a dumped research description of another class names the right SOURCE
+    with pytest.raises(ConversionError, match="describes a MemoryMixer.*use SOURCE memory-mixer"):
+        convert("variable-memory-mixer", ROOT / "memmix_token_c4_k2", tmp_path / "g",
+                config=fixture("memmix_token_c4_k2")[0])
     # VariableMemoryMixer: chunk layout that contradicts the decoder size
     with pytest.raises(ConversionError, match="n_chunks"):
         convert("variable-memory-mixer", ROOT / "vmm_default_c4_2chunks", tmp_path / "f",

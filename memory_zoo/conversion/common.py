@@ -114,6 +114,14 @@ def load_research_config(path: str | os.PathLike | None) -> dict:
     return {} if path is None else read_json_object(path, f"--config file {path}")
 
 
+# Entries of a dumped research model description (see the fixture READMEs) that describe the run, not the model.
+RESEARCH_DUMP_KEYS = frozenset({
+    "research_repo", "research_commit", "module", "module_globals_read", "instance_attributes", "torch_version",
+    "transformers_version", "attn_implementation", "dtype", "batch_size", "state_dict_keys", "n_parameters",
+    "forward_call", "notes", "tied_groups", "verified_reload_bitwise", "expected_tensors",
+})
+
+
 def research_init_kwargs(research_config: dict) -> dict:
     """The research constructor arguments in ``--config``: the object itself, or its ``init_kwargs`` entry.
 

@@ -37,7 +37,15 @@ from ..configuration.configuration_memory_transformer import (
     TransformerAutoencoderConfig,
     VariableMemoryTransformerConfig,
 )
-from .common import ConversionError, TensorMapper, load_state_dict, reconcile, take, warn_unknown_keys
+from .common import (
+    RESEARCH_DUMP_KEYS,
+    ConversionError,
+    TensorMapper,
+    load_state_dict,
+    reconcile,
+    take,
+    warn_unknown_keys,
+)
 
 SOURCES = ("autoencoding-transformer", "variable-memory-transformer")
 
@@ -56,9 +64,7 @@ RESEARCH_NAMES = {
                                                   "decoder", "blank_copy", "objective"},
 }
 # Keys of the research_config.json files written next to the parity fixtures that describe, not configure.
-_METADATA = {"research_repo", "research_commit", "module", "module_globals_read", "instance_attributes",
-             "torch_version", "transformers_version", "attn_implementation", "dtype", "batch_size", "state_dict_keys",
-             "n_parameters", "forward_call", "notes", "tied_groups", "verified_reload_bitwise", "expected_tensors"}
+_METADATA = RESEARCH_DUMP_KEYS
 # LlamaConfig settings no tensor shows, taken over from a part's description (the rest are checked or derived).
 _LLAMA_PASSED = ("rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling", "hidden_act",
                  "max_position_embeddings", "attention_dropout")

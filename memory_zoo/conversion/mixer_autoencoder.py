@@ -25,7 +25,15 @@ from ..configuration.configuration_mixer_autoencoder import (
     MixerAutoencoderConfig,
     VariableMemoryMixerConfig,
 )
-from .common import ConversionError, TensorMapper, reconcile, research_init_kwargs, take, warn_unknown_keys
+from .common import (
+    RESEARCH_DUMP_KEYS,
+    ConversionError,
+    TensorMapper,
+    reconcile,
+    research_init_kwargs,
+    take,
+    warn_unknown_keys,
+)
 
 SOURCES = ("autoencoding-mixer", "variable-memory-mixer", "memory-mixer")
 
@@ -36,10 +44,9 @@ _VMM_NAMES = {"n_vocab", "encoder_dim", "dim", "depth", "length", "compression",
               "no_memory", "frozen_encoder", "copy", "encoder_ctx", "blank_copy"}
 _MEMORY_MIXER_NAMES = {"n_vocab", "encoder_dim", "dim", "depth", "length", "compression", "combination_dim",
                        "n_heads", "kernel", "random"}
-_DUMP_NAMES = {"research_repo", "research_commit", "module", "class", "sub_models", "module_globals_read",
-               "instance_attributes", "torch_version", "transformers_version", "attn_implementation", "dtype",
-               "batch_size", "state_dict_keys", "n_parameters", "forward_call", "notes", "tied_groups",
-               "verified_reload_bitwise", "expected_tensors"}
+_DUMP_NAMES = RESEARCH_DUMP_KEYS | {"class", "sub_models"}
+_CLASSES = {"autoencoding-mixer": "AutoencodingMixer", "variable-memory-mixer": "VariableMemoryMixer",
+            "memory-mixer": "MemoryMixer"}
 
 
 def _stack_indices(state_dict: dict[str, torch.Tensor], prefix: str) -> list[int]:
@@ -348,4 +355,9 @@ _CONVERTERS = {
 
 def convert_mixer_state_dict(state_dict: dict[str, torch.Tensor], source: str, research_config: dict):
     """Dispatch a memorymodels mixer state dict to the converter of ``source``."""
+    research_class = research_config.get("class")
+    if research_class is not None and research_class != _CLASSES[source]:
+        other = next((name for name, cls in _CLASSES.items() if cls == research_class), None)
+        raise ConversionError(f"--config describes a {research_class}, which SOURCE {source} does not convert"
+                              + (f"; use SOURCE {other}." if other else f" (it converts {_CLASSES[source]})."))
     return _CONVERTERS[source](state_dict, research_config)

@@ -16,6 +16,8 @@ decoder are [`MaskedMixerModel`]s. Differences from the research code, all delib
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import GenerationMixin
@@ -103,6 +105,32 @@ class MemoryMixerCache(DynamicCache):
             "A MemoryMixerCache cannot be cropped: memories of finished chunks cannot be un-read. Assisted "
             "decoding is not supported; generate without an assistant model."
         )
+
+
+def walk_chunks(
+    input_ids: torch.LongTensor, cache: MemoryMixerCache, chunk_length: int,
+    remember: Callable[[torch.Tensor], None], decode: Callable[[torch.Tensor, bool], torch.Tensor],
+) -> torch.Tensor:
+    """Feed new tokens through a memory model's cache, one chunk piece at a time; returns their hidden states.
+
+    When a piece starts a new chunk, the finished chunk's ids go to `remember` (which writes its memory) and the
+    decoder state is reset; `decode(piece, starts_chunk)` then runs the decoder on the piece.
+    """
+    outputs = []
+    start = 0
+    while start < input_ids.shape[1]:
+        position = cache.tokens_seen
+        offset = position % chunk_length
+        piece = input_ids[:, start:start + chunk_length - offset]
+        if offset == 0:
+            if position > 0:
+                remember(cache.memory.take_tokens())
+            cache.start_chunk()
+        outputs.append(decode(piece, offset == 0))
+        cache.memory.append_tokens(piece)
+        cache.tokens_seen += piece.shape[1]
+        start += piece.shape[1]
+    return torch.cat(outputs, dim=1)
 
 
 class VariableMemoryMixerPreTrainedModel(MaskedMixerPreTrainedModel):
@@ -212,29 +240,20 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
 
     def _decode_cached(self, input_ids: torch.LongTensor, cache: MemoryMixerCache) -> torch.Tensor:
         """Hidden states of the new tokens, walking chunk by chunk through `cache` (prefill and decoding)."""
-        config = self.config
-        chunk = config.chunk_length
-        outputs = []
-        start = 0
-        while start < input_ids.shape[1]:
-            position = cache.tokens_seen
-            offset = position % chunk
-            piece = input_ids[:, start:start + chunk - offset]
+
+        def remember(finished: torch.Tensor) -> None:
+            if self.encoder is not None:
+                cache.memory.append_memory(self.encode_chunks(finished))
+
+        def decode(piece: torch.Tensor, first: bool) -> torch.Tensor:
             embeds = self.decoder.embed_tokens(piece)
-            if offset == 0:  # a new chunk: the previous one is complete, so its memory can be written
-                if position > 0:
-                    finished = cache.memory.take_tokens()
-                    if self.encoder is not None:
-                        cache.memory.append_memory(self.encode_chunks(finished))
-                cache.start_chunk()
-                slots = memory_slots(cache.memory.memories(), config.num_chunks, 0.0, embeds)
+            if first:  # the decoder pass of a new chunk starts with the memory slots
+                slots = memory_slots(cache.memory.memories(), self.config.num_chunks, 0.0, embeds)
                 embeds = torch.cat([slots, embeds], dim=1)
             hidden = self.decoder(inputs_embeds=embeds, past_key_values=cache.decoder, use_cache=True).last_hidden_state
-            outputs.append(hidden[:, -piece.shape[1]:])
-            cache.memory.append_tokens(piece)
-            cache.tokens_seen += piece.shape[1]
-            start += piece.shape[1]
-        return torch.cat(outputs, dim=1)
+            return hidden[:, -piece.shape[1]:]
+
+        return walk_chunks(input_ids, cache, self.config.chunk_length, remember, decode)
 
     @can_return_tuple
     def forward(
@@ -370,27 +389,18 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         return hidden.reshape(batch, chunks * chunk, -1)[:, :length]
 
     def _decode_cached(self, input_ids: torch.LongTensor, cache: MemoryMixerCache) -> torch.Tensor:
-        chunk = self.config.chunk_length
-        outputs = []
-        start = 0
-        while start < input_ids.shape[1]:
-            position = cache.tokens_seen
-            offset = position % chunk
-            piece = input_ids[:, start:start + chunk - offset]
-            if offset == 0:
-                if position > 0:  # the previous chunk is complete: its memory replaces the last one
-                    cache.memory.keys = None
-                    cache.memory.append_memory(self.encode(cache.memory.take_tokens()))
-                cache.start_chunk()
+        def remember(finished: torch.Tensor) -> None:  # only the last chunk's memory is kept
+            cache.memory.keys = None
+            cache.memory.append_memory(self.encode(finished))
+
+        def decode(piece: torch.Tensor, first: bool) -> torch.Tensor:
             memories = cache.memory.memories()
             inputs = self._combine(None if memories is None else memories[:, -1], self.decoder_embed_tokens(piece),
-                                   first=offset == 0)
+                                   first=first)
             hidden = self.decoder(inputs_embeds=inputs, past_key_values=cache.decoder, use_cache=True).last_hidden_state
-            outputs.append(self._strip(hidden, first=offset == 0))
-            cache.memory.append_tokens(piece)
-            cache.tokens_seen += piece.shape[1]
-            start += piece.shape[1]
-        return torch.cat(outputs, dim=1)
+            return self._strip(hidden, first=first)
+
+        return walk_chunks(input_ids, cache, self.config.chunk_length, remember, decode)
 
     @can_return_tuple
     def forward(
