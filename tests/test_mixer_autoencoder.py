@@ -80,6 +80,30 @@ def test_pytorch_model_bin_and_compiled_prefix_convert_identically(tmp_path):
     torch.testing.assert_close(logits, expected["logits"].transpose(1, 2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("source, folder", [
+    ("variable-memory-mixer", ROOT / "vmm_proj_h2_k3_c2_3chunks"),
+    ("autoencoding-mixer", ROOT / "ae_mixer_frozen_clm_encoder"),
+    ("variable-memory-transformer", FIXTURES / "memory_transformer" / "vmt_proj_c2_3chunks"),
+])
+def test_fsdp_sharded_checkpoint_converts_identically(source, folder, tmp_path):
+    """FSDP runs (SHARDED_STATE_DICT) leave checkpoint-<step>/pytorch_model_fsdp_0/, a distributed checkpoint."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    research_config = json.loads((folder / "research_config.json").read_text())
+    expected = load_file(folder / "expected.safetensors")
+    run = tmp_path / "checkpoint-8000"
+    with warnings.catch_warnings():  # saving without a process group: a single-process checkpoint, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": load_file(folder / "model.safetensors")}, checkpoint_id=str(run / "pytorch_model_fsdp_0"))
+    model = convert(source, run, tmp_path / "out", config=research_config)
+    with torch.no_grad():
+        logits = model(expected["input_ids"]).logits
+    torch.testing.assert_close(logits, expected["logits"].transpose(1, 2), atol=1e-5, rtol=0)
+    assert json.loads((tmp_path / "out" / "conversion.json").read_text())["checkpoint"].endswith("pytorch_model_fsdp_0")
+
+
 def test_converter_errors_name_the_problem(tmp_path):
     name = "ae_mixer_unroll_c4_k2"
     research_config, _ = fixture(name)

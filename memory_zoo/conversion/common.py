@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ logger = logging.getLogger("memory_zoo.conversion")
 
 # File names a research run may leave its weights under, in order of preference.
 CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt")
+# Folder the HF Trainer (accelerate) writes an FSDP SHARDED_STATE_DICT checkpoint to, inside checkpoint-<step>/.
+FSDP_FOLDER = "pytorch_model_fsdp_0"
 # Wrappers that prefix parameter names: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -26,15 +29,20 @@ class ConversionError(ValueError):
 
 
 def find_checkpoint_file(path: str | os.PathLike) -> Path:
-    """The weights file of ``path``: the file itself, or the first of ``CHECKPOINT_FILES`` inside a folder."""
+    """The weights of ``path``: the file itself, the first of ``CHECKPOINT_FILES`` inside a folder, or a
+    torch.distributed.checkpoint folder (the folder itself, or the HF Trainer's FSDP ``pytorch_model_fsdp_0/``)."""
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINT_FILES:
             if (path / name).is_file():
                 return path / name
+        for folder in (path, path / FSDP_FOLDER):
+            if (folder / ".metadata").is_file():
+                return folder
         raise ConversionError(
-            f"{path} holds none of {', '.join(CHECKPOINT_FILES)}. Point CHECKPOINT at the research run's checkpoint "
-            "folder (e.g. .../checkpoint-4000) or directly at its weights file."
+            f"{path} holds none of {', '.join(CHECKPOINT_FILES)} and no {FSDP_FOLDER}/ distributed checkpoint. Point "
+            "CHECKPOINT at the research run's checkpoint folder (e.g. .../checkpoint-4000) or directly at its "
+            "weights file."
         )
     if not path.is_file():
         raise ConversionError(f"Checkpoint {path} does not exist.")
@@ -83,8 +91,11 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load research weights (safetensors, or a pickled state dict with ``weights_only=True``) on the CPU."""
+    """Load research weights on the CPU: safetensors, a pickled state dict (``weights_only=True``) or a
+    torch.distributed.checkpoint folder (FSDP)."""
     file = find_checkpoint_file(path)
+    if file.is_dir():
+        return strip_wrapper_prefixes(read_distributed_checkpoint(file))
     state_dict = load_checkpoint(file)
     for wrapper in ("state_dict", "model"):  # {"model": state_dict} style training checkpoints
         if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
@@ -92,6 +103,72 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ConversionError(f"{file} does not hold a flat state dict of tensors.")
     return strip_wrapper_prefixes(state_dict)
+
+
+# Globals a torch.distributed.checkpoint `.metadata` pickle may reference (checked on torch 2.13).
+_METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+_METADATA_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+                     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles checkpoint metadata and nothing else (no arbitrary callables from the file)."""
+
+    def find_class(self, module: str, name: str):
+        if module in _METADATA_MODULES or (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+            return getattr(torch, name)
+        raise ConversionError(
+            f"Refusing to read the checkpoint metadata: it references {module}.{name}, which a "
+            "torch.distributed.checkpoint .metadata file never needs (it could run code). Consolidate the checkpoint "
+            "with the research code and convert the consolidated weights file instead."
+        )
+
+
+def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
+    """The `model.*` tensors of a torch.distributed.checkpoint folder, prefix removed, read on the CPU.
+
+    Both facebookresearch/memory step folders and accelerate's FSDP `pytorch_model_fsdp_0/` folders (HF Trainer with
+    `SHARDED_STATE_DICT`) store `{"model": state_dict}` this way. The `.metadata` pickle goes through an unpickler that
+    admits only checkpoint metadata types.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(Path(self.path) / ".metadata", "rb") as handle:
+                metadata = _MetadataUnpickler(handle).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    reader = SafeReader(str(folder))
+    try:
+        metadata = reader.read_metadata()
+    except ConversionError:
+        raise
+    except Exception as error:
+        raise ConversionError(f"Could not read {folder / '.metadata'}: {type(error).__name__}: {error}. The "
+                              "distributed checkpoint is damaged or incomplete.") from error
+    wanted = {key: item for key, item in metadata.state_dict_metadata.items()
+              if key.startswith("model.") and isinstance(item, TensorStorageMetadata)}
+    if not wanted:
+        raise ConversionError(f"{folder} holds no `model.*` tensors: it is not a training checkpoint of this code.")
+    state = {"model": {key[len("model."):]: torch.empty(item.size, dtype=item.properties.dtype)
+                       for key, item in wanted.items()}}
+    try:
+        with warnings.catch_warnings():  # "no process group: loading in a single process" is exactly the intent
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
+    except Exception as error:
+        raise ConversionError(f"Could not read the tensors of {folder}: {type(error).__name__}: {error}. A shard file "
+                              "(__<rank>_0.distcp) is missing or damaged.") from error
+    return state["model"]
 
 
 def read_json_object(path: str | os.PathLike, name: str | None = None) -> dict:

@@ -16,78 +16,22 @@ The value table keeps its checkpoint dtype (bfloat16 in real runs) unless `dtype
 
 from __future__ import annotations
 
-import pickle
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
-from .common import ConversionError, TensorMapper, load_checkpoint, read_json_object, strip_wrapper_prefixes
+from .common import (
+    ConversionError,
+    TensorMapper,
+    load_checkpoint,
+    read_distributed_checkpoint,
+    read_json_object,
+    strip_wrapper_prefixes,
+)
 
 SOURCES = ("memory-layers",)
-
-# Globals a torch.distributed.checkpoint `.metadata` pickle may reference (checked on torch 2.13).
-_METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
-_METADATA_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-                     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles checkpoint metadata and nothing else (no arbitrary callables from the file)."""
-
-    def find_class(self, module: str, name: str):
-        if module in _METADATA_MODULES or (module, name) in _METADATA_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
-            return getattr(torch, name)
-        raise ConversionError(
-            f"Refusing to read the checkpoint metadata: it references {module}.{name}, which a "
-            "torch.distributed.checkpoint .metadata file never needs (it could run code). Consolidate the checkpoint "
-            "with the research code (apps/main/eval.py) and convert consolidated.pth instead."
-        )
-
-
-def _read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
-    """The `model.*` tensors of a torch.distributed.checkpoint folder, prefix removed, read on the CPU."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
-
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            with open(Path(self.path) / ".metadata", "rb") as handle:
-                metadata = _MetadataUnpickler(handle).load()
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-    reader = SafeReader(str(folder))
-    try:
-        metadata = reader.read_metadata()
-    except ConversionError:
-        raise
-    except Exception as error:
-        raise ConversionError(f"Could not read {folder / '.metadata'}: {type(error).__name__}: {error}. The "
-                              "distributed checkpoint is damaged or incomplete.") from error
-    wanted = {key: item for key, item in metadata.state_dict_metadata.items()
-              if key.startswith("model.") and isinstance(item, TensorStorageMetadata)}
-    if not wanted:
-        raise ConversionError(f"{folder} holds no `model.*` tensors: it is not a training checkpoint of this code.")
-    state = {"model": {key[len("model."):]: torch.empty(item.size, dtype=item.properties.dtype)
-                       for key, item in wanted.items()}}
-    try:
-        with warnings.catch_warnings():  # "no process group: loading in a single process" is exactly the intent
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
-    except Exception as error:
-        raise ConversionError(f"Could not read the tensors of {folder}: {type(error).__name__}: {error}. A shard file "
-                              "(__<rank>_0.distcp) is missing or damaged.") from error
-    return state["model"]
-
 
 def read_memory_layers_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, str]:
     """`(state_dict, params, format)` from a consolidated or distributed checkpoint (folder or `.pth` file)."""
@@ -104,7 +48,7 @@ def read_memory_layers_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, 
     if path.is_file():
         weights = path
     elif (folder / ".metadata").is_file():
-        return _read_distributed_checkpoint(folder), params, "distributed checkpoint"
+        return read_distributed_checkpoint(folder), params, "distributed checkpoint"
     else:
         candidates = sorted(folder.glob("*.pth"))
         if len(candidates) != 1:

@@ -1,5 +1,5 @@
 """Convert blbadger/memorymodels transformer checkpoints (HF Trainer ``model.safetensors`` / ``pytorch_model.bin`` of
-plain ``nn.Module``s; research commit b5bbc77).
+plain ``nn.Module``s, or the ``pytorch_model_fsdp_0/`` distributed checkpoint of FSDP runs; research commit b5bbc77).
 
 Sources and the research classes they come from:
 
@@ -73,7 +73,8 @@ _LLAMA_PASSED = ("rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling"
 def convert_memory_transformer_checkpoint(
     file: Path, source: str, research_config: dict | None = None
 ) -> tuple[TransformerAutoencoderConfig | VariableMemoryTransformerConfig, dict[str, torch.Tensor], list[str]]:
-    """Read ``file`` (``model.safetensors`` or ``pytorch_model.bin``) and map it to our config and state dict.
+    """Read ``file`` (``model.safetensors``, ``pytorch_model.bin`` or an FSDP distributed-checkpoint folder) and map it
+    to our config and state dict.
 
     Returns ``(config, state_dict, notes)``; ``notes`` say what was dropped, merged or assumed.
     """

@@ -1,4 +1,5 @@
-"""Convert blbadger/memorymodels mixer checkpoints (HF Trainer ``model.safetensors`` / ``pytorch_model.bin``).
+"""Convert blbadger/memorymodels mixer checkpoints (HF Trainer ``model.safetensors`` / ``pytorch_model.bin``, or the
+``pytorch_model_fsdp_0/`` distributed checkpoint of FSDP runs).
 
 Sources and the research classes (``memorymodels/mixer_autoencoder.py``):
 
