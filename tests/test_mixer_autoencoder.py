@@ -131,6 +131,21 @@ def test_converter_errors_name_the_problem(tmp_path):
                 config={"n_chunks": 3, "length": 12, "compression": 4})
 
 
+def test_autoencoder_without_projection_is_the_maskedmixers_repeat_model(tmp_path):
+    """blbadger/maskedmixers' AutoencodingMixer has no `projection` (repeat only); the repeat fixture without it."""
+    name = "ae_mixer_h2_k3_repeat_c4"
+    _, expected = fixture(name)
+    state_dict = {k: v for k, v in load_file(ROOT / name / "model.safetensors").items() if not k.startswith("projection")}
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    model = convert("autoencoding-mixer", tmp_path / "model.safetensors", tmp_path / "out")
+    assert model.config.decoder_input == "repeat"
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"].transpose(1, 2),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ConversionError, match="no projection.weight"):
+        convert("autoencoding-mixer", tmp_path / "model.safetensors", tmp_path / "again", config={"unroll": True})
+
+
 def test_conversion_without_config_uses_research_defaults_and_shapes(tmp_path):
     """Shapes give everything but the flags; absent flags take the research class defaults."""
     model = convert("variable-memory-mixer", ROOT / "vmm_default_c4_2chunks", tmp_path / "out")

@@ -188,14 +188,20 @@ def convert_autoencoder_state_dict(state_dict: dict[str, torch.Tensor], research
     else:
         reconcile(arguments, ["depth"], decoder["depth"], "depth (decoderblocks.*)")
     compression = _bottleneck(mapper, width, arguments)
-    unroll = bool(arguments.get("unroll", True))
     projection = mapper.source.pop("projection.weight", None), mapper.source.pop("projection.bias", None)
     if projection[0] is None:
-        raise ConversionError("The checkpoint has no projection.weight, which every research AutoencodingMixer has.")
-    if unroll:
-        mapper.target["projection.weight"], mapper.target["projection.bias"] = projection
+        # blbadger/maskedmixers' AutoencodingMixer (mixer_lm/) has no projection: it always repeats the memory.
+        if arguments.get("unroll"):
+            raise ConversionError("--config says unroll=True, but the checkpoint has no projection.weight, without "
+                                  "which the memory cannot be unrolled. Fix the config or the checkpoint.")
+        unroll = False
+        notes.append("No projection tensors (the blbadger/maskedmixers AutoencodingMixer): the memory is repeated.")
     else:
-        notes.append("unroll=False: the unused `projection` tensors were dropped.")
+        unroll = bool(arguments.get("unroll", True))
+        if unroll:
+            mapper.target["projection.weight"], mapper.target["projection.bias"] = projection
+        else:
+            notes.append("unroll=False: the unused `projection` tensors were dropped.")
     mapper.move("lm_head.weight", "lm_head.weight")
     _finish(mapper, "autoencoding-mixer")
     if arguments.get("random"):
