@@ -247,7 +247,9 @@ class MemoryLayersPreTrainedModel(ZooPreTrainedModel):
     config_class = MemoryLayersConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MemoryLayersDecoderLayer"]
+    # The value table is its own FSDP unit: it keeps its dtype (bfloat16 by default) next to float32 weights, and FSDP
+    # flattens or all-gathers only parameters of one dtype per unit.
+    _no_split_modules = ["MemoryLayersDecoderLayer", "MemoryLayersValueTable"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _auto_map_classes = {"AutoModel": "MemoryLayersModel", "AutoModelForCausalLM": "MemoryLayersForCausalLM"}

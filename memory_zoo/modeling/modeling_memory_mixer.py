@@ -167,6 +167,9 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
     """
 
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
+    # The loss is a mean of the model's own (research) form and ignores the Trainer's `num_items_in_batch`: the Trainer
+    # must then scale it for gradient accumulation and devices itself (else it is multiplied by the world size).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: VariableMemoryMixerConfig):
         super().__init__(config)

@@ -143,6 +143,9 @@ class TransformerAutoencoderModel(MemoryTransformerPreTrainedModel):
 
     config_class = TransformerAutoencoderConfig
     _auto_map_classes = {"AutoModel": "TransformerAutoencoderModel"}
+    # The loss is a mean of the model's own (research) form and ignores the Trainer's `num_items_in_batch`: the Trainer
+    # must then scale it for gradient accumulation and devices itself (else it is multiplied by the world size).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: TransformerAutoencoderConfig):
         super().__init__(config)
@@ -345,6 +348,9 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
     _auto_map_classes = {"AutoModel": "VariableMemoryTransformerForCausalLM",
                          "AutoModelForCausalLM": "VariableMemoryTransformerForCausalLM"}
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+    # The loss is a mean of the model's own (research) form and ignores the Trainer's `num_items_in_batch`: the Trainer
+    # must then scale it for gradient accumulation and devices itself (else it is multiplied by the world size).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: VariableMemoryTransformerConfig):
         super().__init__(config)

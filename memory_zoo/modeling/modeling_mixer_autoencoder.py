@@ -37,6 +37,10 @@ class MixerAutoencoderModel(MixerAutoencoderPreTrainedModel):
     """Masked-mixer autoencoder: `encode(input_ids)` gives one memory vector per window, `decode(memory)` the logits
     of the reconstructed window, and `forward` does both (with the reconstruction loss when `labels` are given)."""
 
+    # The loss is a mean of the model's own (research) form and ignores the Trainer's `num_items_in_batch`: the Trainer
+    # must then scale it for gradient accumulation and devices itself (else it is multiplied by the world size).
+    accepts_loss_kwargs = False
+
     def __init__(self, config: MixerAutoencoderConfig):
         super().__init__(config)
         encoder, decoder = config.encoder_stack_config(), config.decoder_stack_config()
