@@ -63,6 +63,11 @@ for _config, _base, _causal_lm in ARCHITECTURES:
     if _causal_lm is not None:
         AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
+# PEFT's default LoRA targets for our model types, when PEFT is installed (guarded; see memory_zoo/lora.py).
+from .lora import register_peft_target_modules  # noqa: E402
+
+register_peft_target_modules()
+
 __all__ = [
     "ARCHITECTURES",
     "CheckpointMismatchError",

@@ -1,4 +1,4 @@
-"""The `memory-zoo` command: `convert` research checkpoints, `generate` text from a model folder."""
+"""The `memory-zoo` command: `convert` research checkpoints, `generate` text, `eval` perplexity, `push` models and kernels to a Hub."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _convert(args: argparse.Namespace) -> None:
     from .conversion import convert
 
     model = convert(args.source, args.checkpoint, args.output_dir, config=args.config, dtype=args.dtype,
-                    tokenizer=args.tokenizer)
+                    tokenizer=args.tokenizer, reference=args.reference, research_commit=args.research_commit)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"Converted {args.source} checkpoint {args.checkpoint} -> {args.output_dir} "
           f"({type(model).__name__}, {parameters:,} parameters, {args.dtype}).")
@@ -60,6 +60,49 @@ def _generate(args: argparse.Namespace) -> None:
     print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluation import evaluate_file, format_results
+
+    results = evaluate_file(args.model_dir, args.text_file, tokenizer=args.tokenizer, context=args.context,
+                            stride=args.stride, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                            device=args.device, progress=args.verbose)
+    print(format_results(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _hub_call(function, *args, **kwargs):
+    """Run a Hub upload; a Hub that cannot be reached becomes an OSError naming the endpoint (reported by main)."""
+    from huggingface_hub import constants
+
+    try:  # the HTTP client huggingface_hub uses: httpx2 in recent releases, httpx before
+        from httpx2 import TransportError
+    except ImportError:
+        from httpx import TransportError
+    try:
+        return function(*args, **kwargs)
+    except TransportError as error:
+        raise OSError(f"cannot reach the Hub at {constants.ENDPOINT} ({error}); check HF_ENDPOINT and the network.") from error
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_model
+
+    overwrite = True if args.overwrite_card else False if args.keep_card else None
+    commit = _hub_call(push_model, args.model_dir, args.repo_id, private=args.private, license=args.license,
+                       commit_message=args.commit_message, overwrite_card=overwrite, revision=args.revision)
+    print(f"Pushed {args.model_dir} -> {args.repo_id} (commit {commit.oid}).")
+
+
+def _push_kernels(args: argparse.Namespace) -> None:
+    from .hub import push_kernels
+
+    for pushed in _hub_call(push_kernels, args.kernels, organization=args.organization, private=args.private):
+        print(f"Pushed kernel {pushed.name} -> {pushed.repo_id} (branch {pushed.branch}, commit {pushed.commit}).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .conversion import DTYPES, SOURCES
 
@@ -78,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "checked against the tensor shapes")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
     convert.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder to save with the model")
+    convert.add_argument("--reference", metavar="FILE",
+                         help="safetensors with `input_ids` and the research model's `logits` for them: the converted "
+                              "model must match within 1e-5; the difference is recorded in conversion.json")
+    convert.add_argument("--research-commit", metavar="SHA",
+                         help="commit of the research code the checkpoint was trained with (recorded)")
     convert.set_defaults(func=_convert)
 
     generate = commands.add_parser("generate", help="generate text from a model folder")
@@ -95,6 +143,45 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--trust-remote-code", action="store_true",
                           help="allow the folder's own code for architectures memory-zoo does not know")
     generate.set_defaults(func=_generate)
+
+    push = commands.add_parser("push", help="publish a model folder (weights, tokenizer, remote code, model card)")
+    push.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained or memory-zoo convert")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, ORGANISATION/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--license", help="license of the model card (default: apache-2.0; other for converted "
+                                        "research checkpoints, pointing at the research repository)")
+    push.add_argument("--commit-message", help="message of the upload commit")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    card = push.add_mutually_exclusive_group()
+    card.add_argument("--overwrite-card", action="store_true", help="replace an existing README.md, even hand-written")
+    card.add_argument("--keep-card", action="store_true", help="never replace an existing README.md (default: "
+                                                               "regenerate it only if memory-zoo wrote it)")
+    push.set_defaults(func=_push)
+
+    push_kernels = commands.add_parser("push-kernels", help="publish memory-zoo's kernels as Hub kernel repositories")
+    push_kernels.add_argument("kernels", nargs="*", metavar="NAME",
+                              help="kernels to publish (default: all), e.g. masked_mixing")
+    push_kernels.add_argument("--organization", help="organisation to publish to (default: the repo-id of each "
+                                                     "kernel's build.toml, memory-zoo/<name>)")
+    push_kernels.add_argument("--private", action="store_true", help="create the repositories private")
+    push_kernels.set_defaults(func=_push_kernels)
+
+    evaluate = commands.add_parser("eval", help="perplexity of a causal LM (reconstruction metrics of an autoencoder) "
+                                                "on a text file")
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
+    evaluate.add_argument("text_file", metavar="TEXT_FILE", help="UTF-8 text, tokenized as one document")
+    evaluate.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, if MODEL_DIR has none")
+    evaluate.add_argument("--context", type=int, metavar="N",
+                          help="tokens per window (default: the model's context from its config)")
+    evaluate.add_argument("--stride", type=int, metavar="N",
+                          help="tokens between window starts (default: --context, no overlap); a smaller stride "
+                               "scores every token with at least context - stride tokens before it")
+    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward pass")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    evaluate.add_argument("--trust-remote-code", action="store_true",
+                          help="allow the folder's own code for architectures memory-zoo does not know")
+    evaluate.set_defaults(func=_eval)
     return parser
 
 

@@ -367,3 +367,26 @@ def test_memory_token_mixer_window_mode_is_the_research_oracle():
 def test_fixture_folder_is_small():
     size = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
     assert size < 2_000_000, size
+
+
+def test_reference_outputs_are_checked_and_recorded(tmp_path):
+    """`convert(..., reference=...)` verifies the research outputs and records the parity on the model card."""
+    from memory_zoo.hub import model_card
+
+    name = "memmix_token_c4_k2"  # research logits [B, V, T + 1]: layout and memory position are handled
+    research_config, _ = fixture(name)
+    convert("memory-mixer", ROOT / name, tmp_path / "out", config=research_config,
+            reference=ROOT / name / "expected.safetensors", research_commit="b5bbc77")
+    info = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert info["research_commit"] == "b5bbc77"
+    assert info["parity"]["max_abs_logit_diff"] <= 1e-5 and info["parity"]["reference"] == "expected.safetensors"
+    card = model_card(tmp_path / "out")
+    assert "b5bbc77" in card and "max_abs_logit_diff" in card
+    # a reference that does not belong to the checkpoint stops the conversion
+    wrong = load_file(ROOT / name / "expected.safetensors")
+    wrong["logits"] = wrong["logits"] + 0.01
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(ConversionError, match="differs from the reference outputs by 0.01"):
+        convert("memory-mixer", ROOT / name, tmp_path / "bad", config=research_config,
+                reference=tmp_path / "wrong.safetensors")
+    assert not (tmp_path / "bad").exists()

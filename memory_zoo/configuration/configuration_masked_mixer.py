@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-from .zoo_config import check_integers
+from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
 
 
 class MaskedMixerConfig(PretrainedConfig):
@@ -91,8 +91,8 @@ class MaskedMixerConfig(PretrainedConfig):
         mixing_bias: bool = True,
         mixing_kernel_size: int = 1,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
+        kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float = 0.02,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import check_integers
+from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
 
 VALUE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -102,8 +102,8 @@ class MemoryLayersConfig(PretrainedConfig):
         memory_value_lr: float | None = 0.001,
         attention_dropout: float = 0.0,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/embedding-bag",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("embedding_bag"),
+        kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float | None = None,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import check_integers
+from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
 
 FEATURE_EXTRACTORS = ("linearconv", "lowrlinearconv")
 LONG_CONTEXT_MODES = ("extend", "crop")
@@ -119,8 +119,8 @@ class MemoryMosaicsConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         leaky_chunk_size: int = 64,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/leaky-average",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("leaky_average"),
+        kernel_revision: str | None = KERNEL_REVISION,
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
         pad_token_id: int | None = None,

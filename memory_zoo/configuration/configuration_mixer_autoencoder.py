@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from .configuration_masked_mixer import MaskedMixerConfig
-from .zoo_config import check_integers
+from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
 
 DECODER_INPUTS = ("unroll", "repeat")
 COMBINATIONS = ("token", "embedding")
@@ -142,8 +142,8 @@ class MixerAutoencoderConfig(_CompressionConfig):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-5,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
+        kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float = 0.02,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -271,8 +271,8 @@ class VariableMemoryMixerConfig(_CompressionConfig):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-5,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
+        kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float = 0.02,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,
@@ -403,8 +403,8 @@ class MemoryMixerConfig(_CompressionConfig):
         hidden_act: str = "gelu",
         layer_norm_eps: float = 1e-5,
         use_kernels: bool = True,
-        kernel_repo_id: str | None = "memory-zoo/masked-mixing",
-        kernel_revision: str | None = "v1",
+        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
+        kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float = 0.02,
         use_cache: bool = True,
         tie_word_embeddings: bool = False,

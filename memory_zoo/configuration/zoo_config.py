@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# Hub kernel repositories: one per kernel under memory_zoo/hub_kernels/ (its build.toml `repo-id` must agree; a test
+# checks), published by `memory-zoo push-kernels`; models pin the major-version branch.
+KERNEL_ORGANIZATION = "memory-zoo"
+KERNEL_REVISION = "v1"
+
+
+def default_kernel_repo(name: str) -> str:
+    """The default Hub repository of the kernel `memory_zoo/hub_kernels/<name>` (e.g. "memory-zoo/masked-mixing")."""
+    return f"{KERNEL_ORGANIZATION}/{name.replace('_', '-')}"
+
 
 def check_integers(config: object, names: Iterable[str], minimum: int = 1) -> None:
     """Raise a ValueError naming the field unless every ``config.<name>`` is an int (not a bool) >= ``minimum``."""
@@ -14,4 +24,4 @@ def check_integers(config: object, names: Iterable[str], minimum: int = 1) -> No
             raise ValueError(f"{type(config).__name__}.{name} must be {kind}, got {value!r}.")
 
 
-__all__ = ["check_integers"]
+__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "check_integers", "default_kernel_repo"]

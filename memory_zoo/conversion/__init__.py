@@ -71,11 +71,17 @@ def convert(
     config: str | os.PathLike | dict | None = None,
     dtype: str = "float32",
     tokenizer: str | os.PathLike | None = None,
+    reference: str | os.PathLike | None = None,
+    research_commit: str | None = None,
+    tolerance: float = 1e-5,
 ):
     """Convert the research checkpoint at ``checkpoint`` and save it (weights, config, remote code) to ``output_dir``.
 
     ``config`` is a JSON file (or dict) with the research code's own hyperparameter names, checked against what the
-    tensor shapes imply; ``tokenizer`` an optional tokenizer folder saved alongside. Returns the converted model.
+    tensor shapes imply; ``tokenizer`` an optional tokenizer folder saved alongside. ``reference`` is a safetensors
+    file of outputs the research code produced for this checkpoint (``input_ids`` and ``logits``): the converted
+    model must reproduce them within ``tolerance`` (float32), and the measured difference is recorded in
+    ``conversion.json`` (and so on the model card) with ``research_commit``. Returns the converted model.
     """
     if source not in SOURCES:
         raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
@@ -109,6 +115,7 @@ def convert(
         raise ConversionError(f"Internal mapping error: missing {missing}, unexpected {result.unexpected_keys}.")
     if model_config.tie_word_embeddings:
         model.tie_weights()
+    parity = check_reference(model.eval(), reference, tolerance) if reference is not None else None
     model = model.to(DTYPES[dtype]).eval()
     if getattr(model_config, "memory_value_dtype", None):  # value tables were cast with the rest
         model_config.memory_value_dtype = dtype
@@ -120,6 +127,7 @@ def convert(
     info = {
         "source": source,
         "research_repository": repository,
+        "research_commit": research_commit,
         "checkpoint": str(weights_file),
         "checkpoint_sha256": checkpoint_digest(weights_file),
         "research_config": research_config,
@@ -127,10 +135,49 @@ def convert(
         "notes": notes,
         "memory_zoo_version": __version__,
     }
+    if parity is not None:
+        info["parity"] = parity
     (output_dir / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     for note in notes:
         logger.info("%s", note)
     return model
 
 
-__all__ = ["ConversionError", "DTYPES", "SOURCES", "convert", "load_state_dict"]
+def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5) -> dict:
+    """Compare ``model``'s logits with research outputs saved for the same checkpoint; returns the parity record.
+
+    ``reference`` holds ``input_ids [B, T]`` and ``logits`` in our layout ``[B, T, V]`` or the research layout
+    ``[B, V, T]``; a research output with one more position than the input (a memory token in front, research
+    ``MemoryMixer``) drops that position. Raises a ConversionError when the difference exceeds ``tolerance``.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(reference))
+    except Exception as error:  # safetensors raises several types for unreadable files
+        raise ConversionError(f"Could not read the reference outputs {reference}: {error}.") from error
+    if "input_ids" not in tensors or "logits" not in tensors:
+        raise ConversionError(f"{reference} must hold `input_ids` [batch, seq_len] and `logits` (the research model's "
+                              f"outputs for them); it has {sorted(tensors)}.")
+    input_ids, expected = tensors["input_ids"].long(), tensors["logits"].float()
+    with torch.no_grad():
+        logits = model.float()(input_ids).logits.float()
+    if expected.shape != logits.shape and expected.dim() == 3 and expected.shape[1] == logits.shape[-1]:
+        expected = expected.transpose(1, 2)  # research layout [B, V, T]
+    if expected.shape[1] == logits.shape[1] + 1:
+        expected = expected[:, 1:]  # the research output of a memory token's own position
+    if expected.shape != logits.shape:
+        raise ConversionError(f"The reference logits {tuple(tensors['logits'].shape)} do not fit the model's "
+                              f"{tuple(logits.shape)} for input_ids {tuple(input_ids.shape)}.")
+    difference = (logits - expected).abs().max().item()
+    if not difference <= tolerance:
+        raise ConversionError(
+            f"The converted model differs from the reference outputs by {difference:.3g} (tolerance {tolerance:g}): "
+            "the checkpoint, --config or reference do not belong together, or the research code differs from the "
+            "version this converter follows. Nothing was saved."
+        )
+    return {"reference": Path(reference).name, "max_abs_logit_diff": difference, "tolerance": tolerance,
+            "tokens": int(input_ids.numel()), "dtype": "float32"}
+
+
+__all__ = ["ConversionError", "DTYPES", "SOURCES", "check_reference", "convert", "load_state_dict"]

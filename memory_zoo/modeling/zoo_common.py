@@ -6,6 +6,7 @@ import ``torch``/``transformers`` and sibling modules.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -107,6 +108,22 @@ class ZooPreTrainedModel(PreTrainedModel):
         if is_main_process and not os.path.isfile(save_directory):
             export_remote_code(self._remote_code_files(), save_directory)
         return result
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """transformers' ``push_to_hub`` (same arguments, plus ``license``), publishing memory-zoo's model card.
+
+        transformers would replace README.md by its generic template; with memory-zoo installed the upload goes
+        through ``memory_zoo.hub.push_pretrained`` (weights, remote code, ``conversion.json``, model card). Where
+        only this file is present (remote code), the transformers behaviour is kept.
+        """
+        try:
+            # Looked up at run time, not imported: this file also runs as remote code where memory-zoo is absent,
+            # and an import statement of the package would make it a dependency of every saved model.
+            hub = importlib.import_module("memory_zoo.hub")
+        except ImportError:
+            kwargs.pop("license", None)
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        return hub.push_pretrained(self, repo_id, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
