@@ -237,3 +237,42 @@ def test_train_example_explains_a_missing_datasets_package(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--dataset", "roneneldan/TinyStories"])
     assert "pip install datasets" in capsys.readouterr().err
+
+
+def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
+    import json
+
+    output_dir = tmp_path / "scoreboard"
+    architectures = ["masked_mixer", "mixer_autoencoder"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scoreboard.py"), "--quick", "--only", "efficiency",
+         "--architectures", *architectures, "--output-dir", str(output_dir)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((output_dir / "scoreboard.json").read_text())
+    assert report["tasks"] is None and report["settings"]["architectures"] == architectures
+    assert {"processor", "torch", "load_average_before"} <= set(report["machine"])
+    efficiency = report["efficiency"]
+    assert efficiency["settings"]["scale"] == "quick" and efficiency["settings"]["in_process"]
+    cells = {(c["architecture"], c["kind"], c["context"]): c for c in efficiency["cells"]}
+    expected = {(a, k, c) for a in architectures for c in (64, 128)
+                for k in ("train", "autoencode" if a == "mixer_autoencoder" else "generate")}
+    assert set(cells) == expected
+    for cell in cells.values():
+        assert cell["status"] == "ok", cell["status"]
+        assert cell["tokens_per_s"] > 0 and cell["peak_bytes"] is not None
+        assert cell["parameters"]["total"] > cell["parameters"]["non_embedding"] > 0
+    # the mixer's L x L mixing matrices: more parameters at the longer context
+    assert (cells[("masked_mixer", "train", 128)]["parameters"]["non_embedding"]
+            > cells[("masked_mixer", "train", 64)]["parameters"]["non_embedding"])
+    assert cells[("masked_mixer", "generate", 128)]["cache_bytes_per_sequence"] > 0
+    slopes = efficiency["slopes"]["0.2M"]
+    assert slopes["masked_mixer"]["cache_bytes_per_sequence"] is not None
+    assert "autoencode_time_per_token" in slopes["mixer_autoencoder"]
+    assert "budget 0.2M non-embedding parameters" in result.stdout and "log-log slopes" in result.stdout
+    assert all(architecture in result.stdout for architecture in architectures)
+    figures = sorted(p.name for p in output_dir.glob("*.png"))
+    assert figures == ["efficiency_0.2M_memory.png", "efficiency_0.2M_throughput.png"]
+    assert all((output_dir / name).stat().st_size > 0 for name in figures)
+
