@@ -595,6 +595,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         say(f"eval {describe(after, reconstruction)}")
     say(f"done in {time.perf_counter() - started:.1f} s")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave together: a rank that exits while its peer still talks to it makes gloo abort the peer (SIGABRT).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
