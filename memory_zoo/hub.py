@@ -536,8 +536,8 @@ def push_kernels(
 
 def default_kernel_repos() -> dict[str, str]:
     """Config class name -> the ``kernel_repo_id`` its defaults name, for every architecture that has one."""
-    return {config.__name__: config().kernel_repo_id for config, _, _ in ARCHITECTURES
-            if getattr(config(), "kernel_repo_id", None)}
+    defaults = {config.__name__: getattr(config(), "kernel_repo_id", None) for config, _, _ in ARCHITECTURES}
+    return {name: repo for name, repo in defaults.items() if repo}
 
 
 __all__ = [

@@ -320,6 +320,11 @@ def test_memory_model_errors():
     mask[0, 0] = 0
     with pytest.raises(ValueError, match="left padding"):
         model(torch.randint(1, 60, (2, 8)), attention_mask=mask)
+    for memory_model in (model, tiny_memory_token_mixer()):
+        with pytest.raises(ValueError, match="needs input_ids"):
+            memory_model(inputs_embeds=torch.zeros(1, 3, 24))
+        with pytest.raises(ValueError, match=r"seq_len >= 1, got \(1, 0\)"):
+            memory_model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="encoder_context = 4 is shorter"):
         VariableMemoryMixerConfig(chunk_length=6, encoder_context=4)
     oracle = tiny_memory_token_mixer(memory_source="window")

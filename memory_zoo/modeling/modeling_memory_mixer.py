@@ -28,7 +28,7 @@ from transformers.utils import can_return_tuple
 from ..configuration.configuration_mixer_autoencoder import MemoryMixerConfig, VariableMemoryMixerConfig
 from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMixerPreTrainedModel
 from .zoo_common import kept_positions, resolve_cache
-from .zoo_compression import chunked_causal_loss, memory_slots
+from .zoo_compression import chunked_causal_loss, memory_slots, require_input_ids
 
 
 class ChunkMemoryLayer(DynamicLayer):
@@ -277,11 +277,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
             the loss is the research per-chunk loss (a chunk's last token predicts nothing; mean over chunks).
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
-        if inputs_embeds is not None:
-            raise ValueError("VariableMemoryMixerForCausalLM reads input_ids (its encoder embeds chunks itself); "
-                             "inputs_embeds is not supported.")
-        if input_ids is None or input_ids.dim() != 2:
-            raise ValueError("input_ids [batch, seq_len] are required.")
+        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
         cache = resolve_cache(self, past_key_values, use_cache, MemoryMixerCache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
@@ -423,11 +419,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
             over the whole sequence (research loss for `memory_source="window"`), `-100` ignored.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
-        if inputs_embeds is not None:
-            raise ValueError("MemoryMixerForCausalLM reads input_ids (its encoder embeds them itself); inputs_embeds "
-                             "is not supported.")
-        if input_ids is None or input_ids.dim() != 2:
-            raise ValueError("input_ids [batch, seq_len] are required.")
+        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
         config = self.config
         if config.memory_source == "window":
             if input_ids.shape[1] > config.chunk_length:

@@ -35,7 +35,13 @@ from ..configuration.configuration_memory_transformer import (
     VariableMemoryTransformerConfig,
 )
 from .zoo_common import ZooPreTrainedModel, kept_positions, resolve_cache
-from .zoo_compression import AutoencoderOutput, chunked_causal_loss, memory_slots, unroll_memory
+from .zoo_compression import (
+    AutoencoderOutput,
+    chunked_causal_loss,
+    memory_slots,
+    require_input_ids,
+    unroll_memory,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -174,9 +180,7 @@ class TransformerAutoencoderModel(MemoryTransformerPreTrainedModel):
         return self.lm_head
 
     def _check_input_ids(self, input_ids: torch.LongTensor | None) -> None:
-        if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            shape = None if input_ids is None else tuple(input_ids.shape)
-            raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 1, got {shape}.")
+        require_input_ids(type(self).__name__, input_ids)
         window = self.config.window_length
         if input_ids.shape[1] > window:
             raise _too_long(
@@ -542,12 +546,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all), or for the
             given position indices.
         """
-        if inputs_embeds is not None:
-            raise ValueError("VariableMemoryTransformerForCausalLM needs input_ids: its encoder and decoder embed each "
-                             "token with their own embedding matrices.")
-        if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            shape = None if input_ids is None else tuple(input_ids.shape)
-            raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 1, got {shape}.")
+        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -33,6 +33,17 @@ class AutoencoderOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+def require_input_ids(model_name: str, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None) -> None:
+    """Refuse what a compression model cannot read: it embeds token ids itself (encoder and decoder each with their
+    own matrix), so `inputs_embeds` are refused, and `input_ids` must be a non-empty `[batch, seq_len]`."""
+    if inputs_embeds is not None:
+        raise ValueError(f"{model_name} needs input_ids: its encoder and decoder embed each token with their own "
+                         "embedding matrices (inputs_embeds is not supported).")
+    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        shape = None if input_ids is None else tuple(input_ids.shape)
+        raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 1, got {shape}.")
+
+
 def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
     """Spread a memory vector `[batch, D]` over `length` rows of `D // 2` features (research "unrolled" input).
 
@@ -82,4 +93,4 @@ def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: t
     return empty if memories is None else torch.cat([memories.to(like.dtype), empty], dim=1)
 
 
-__all__ = ["AutoencoderOutput", "chunked_causal_loss", "memory_slots", "unroll_memory"]
+__all__ = ["AutoencoderOutput", "chunked_causal_loss", "memory_slots", "require_input_ids", "unroll_memory"]
