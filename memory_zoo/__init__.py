@@ -13,6 +13,7 @@ from .configuration import (
     MemoryMixerConfig,
     MemoryMosaicsConfig,
     MixerAutoencoderConfig,
+    RetrievalMixerConfig,
     TransformerAutoencoderConfig,
     VariableMemoryMixerConfig,
     VariableMemoryTransformerConfig,
@@ -34,11 +35,14 @@ from .modeling import (
     MemoryMosaicsForCausalLM,
     MemoryMosaicsModel,
     MixerAutoencoderModel,
+    RetrievalMixerModel,
+    RetrievalMixerOutput,
     TransformerAutoencoderModel,
     VariableMemoryMixerForCausalLM,
     VariableMemoryTransformerCache,
     VariableMemoryTransformerForCausalLM,
     memory_layers_param_groups,
+    pool_hidden_states,
 )
 
 __version__ = "0.1.0"
@@ -57,11 +61,20 @@ ARCHITECTURES = [
     (VariableMemoryTransformerConfig, VariableMemoryTransformerForCausalLM, VariableMemoryTransformerForCausalLM),
 ]
 
+# (config class, AutoModel class) of the models that are not language models over tokens: the retrieval mixer reads
+# embeddings made by a Masked Mixer's `embed(...)` and scores candidates.
+TASK_MODELS = [
+    (RetrievalMixerConfig, RetrievalMixerModel),
+]
+
 for _config, _base, _causal_lm in ARCHITECTURES:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _base, exist_ok=True)
     if _causal_lm is not None:
         AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
+for _config, _base in TASK_MODELS:
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _base, exist_ok=True)
 
 # PEFT's default LoRA targets for our model types, when PEFT is installed (guarded; see memory_zoo/lora.py).
 from .lora import register_peft_target_modules  # noqa: E402
@@ -92,6 +105,10 @@ __all__ = [
     "MemoryMosaicsModel",
     "MixerAutoencoderConfig",
     "MixerAutoencoderModel",
+    "RetrievalMixerConfig",
+    "RetrievalMixerModel",
+    "RetrievalMixerOutput",
+    "TASK_MODELS",
     "TransformerAutoencoderConfig",
     "TransformerAutoencoderModel",
     "VariableMemoryMixerConfig",
@@ -100,4 +117,5 @@ __all__ = [
     "VariableMemoryTransformerConfig",
     "VariableMemoryTransformerForCausalLM",
     "memory_layers_param_groups",
+    "pool_hidden_states",
 ]

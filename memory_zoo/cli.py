@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
     convert.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder to save with the model")
     convert.add_argument("--reference", metavar="FILE",
-                         help="safetensors with `input_ids` and the research model's `logits` for them: the converted "
-                              "model must match within 1e-5; the difference is recorded in conversion.json")
+                         help="safetensors with `input_ids` (or, for retrieval-mixer, `inputs_embeds`) and the research "
+                              "model's `logits` for them: the converted model must match within 1e-5; the "
+                              "difference is recorded in conversion.json")
     convert.add_argument("--research-commit", metavar="SHA",
                          help="commit of the research code the checkpoint was trained with (recorded)")
     convert.set_defaults(func=_convert)

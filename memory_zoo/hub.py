@@ -67,6 +67,9 @@ ARCHITECTURE_INFO: dict[str, tuple[str, str, str]] = {
                       "the MLP"),
     "lswt": ("Long-Short-Working Transformer", "Avelina9X/memory-transformer-pt4",
              "a pre-LN transformer with a Transformer-XL memory of earlier segments' keys and values"),
+    "retrieval_mixer": ("Retrieval mixer", "blbadger/maskedmixers",
+                        "a bidirectional mixer over the embeddings of a query and its candidate documents that scores "
+                        "every candidate (the second stage of the Masked Mixer retrieval method)"),
 }
 
 # Converter module (memory_zoo.conversion.<module>) -> (test that checks parity with the research code, tolerance
@@ -78,6 +81,7 @@ PARITY_TESTS: dict[str, tuple[str, str, str]] = {
     "memory_mosaics": ("tests/test_memory_mosaics_conversion.py", "1e-4 (absolute)", "3.8e-5"),
     "memory_layers": ("tests/test_memory_layers_conversion.py", "1e-4 (absolute)", "0 (exact)"),
     "lswt": ("tests/test_lswt_conversion.py", "1e-4 (absolute)", "2e-6"),
+    "retrieval_mixer": ("tests/test_retrieval_mixer.py", "1e-5 (absolute)", "2.4e-7"),
 }
 
 # Fields every transformers config has: left out of the card's table, which shows the architecture's own fields.
@@ -241,11 +245,22 @@ def model_card(
             lines += [f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)',
                       f'generator = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)',
                       'print(generator("Once upon a time", max_new_tokens=20)[0]["generated_text"])']
+    elif config.model_type == "retrieval_mixer":
+        lines += [f"from transformers import {auto_class}", "",
+                  f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)',
+                  f"# rows [batch, {config.num_slots}, {config.hidden_size}]: the query embedding, then "
+                  f"{config.num_slots - 1} candidate embeddings",
+                  f"scores = model(inputs_embeds=rows).logits   # [batch, {config.num_slots - 1}]"]
     else:
         lines += [f"from transformers import {auto_class}", "",
                   f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)',
                   "codes = model.encode(input_ids)        # [batch, memory_size]",
                   "logits = model.decode(codes)          # [batch, window, vocab]"]
+    if config.model_type == "masked_mixer" and has_tokenizer:
+        lines += ["", "# text embeddings (the research retrieval position), directly or through sentence-transformers",
+                  "from sentence_transformers import SentenceTransformer", "",
+                  f'embedder = SentenceTransformer("{repo_id}", trust_remote_code=True)',
+                  'vectors = embedder.encode(["a query", "a document"])']
     lines += ["```", "",
               "With memory-zoo installed, `import memory_zoo` registers the architecture "
               f"and `{auto_class}.from_pretrained(\"{repo_id}\")` uses the package's classes, no remote code needed. "

@@ -201,7 +201,11 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
         "AutoModelForCausalLM": "modeling_masked_mixer.MaskedMixerForCausalLM",
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
-        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_config.py", "zoo_kernels.py"]
+        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_config.py", "zoo_embedding.py",
+        "zoo_kernels.py"]
+    # a saved masked mixer is also a sentence-transformers model (see tests/test_masked_mixer_embeddings.py)
+    assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {
+        p.name for p in tmp_path.iterdir()}
 
 
 def test_exported_files_are_the_package_sources_with_only_imports_rewritten(tmp_path):

@@ -14,7 +14,9 @@ from .configuration_mixer_autoencoder import (
     MixerAutoencoderConfig,
     VariableMemoryMixerConfig,
 )
+from .configuration_retrieval_mixer import RetrievalMixerConfig
 
 __all__ = ["LSWTConfig", "MaskedMixerConfig", "MemoryLayersConfig", "MemoryMixerConfig", "MemoryMosaicsConfig", "MixerAutoencoderConfig",
+           "RetrievalMixerConfig",
            "TransformerAutoencoderConfig", "VariableMemoryMixerConfig", "VariableMemoryTransformerConfig",
            "research_llama_config"]

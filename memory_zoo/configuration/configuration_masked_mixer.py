@@ -67,6 +67,10 @@ class MaskedMixerConfig(PretrainedConfig):
         kernel_revision (`str`, defaults to `"v1"`): branch, tag or commit of `kernel_repo_id`.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear and embedding weights.
         use_cache (`bool`, defaults to `True`): return a [`MaskedMixerCache`] for incremental decoding.
+        embedding_pooling (`str`, defaults to `"second_to_last"`): which hidden state `embed(...)` (and the
+            sentence-transformers config saved with the model) returns as a text's embedding: `"second_to_last"`,
+            the research retrieval convention (the second-to-last real token), or `"last"` (the last real token,
+            as in the research Fineweb embedding files).
         tie_word_embeddings (`bool`, defaults to `False`): share the input embedding with `lm_head`.
         pad_token_id / bos_token_id / eos_token_id (`int`, *optional*): special token ids (research: pad = eos).
     """
@@ -95,6 +99,7 @@ class MaskedMixerConfig(PretrainedConfig):
         kernel_revision: str | None = KERNEL_REVISION,
         initializer_range: float = 0.02,
         use_cache: bool = True,
+        embedding_pooling: str = "second_to_last",
         tie_word_embeddings: bool = False,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -120,6 +125,7 @@ class MaskedMixerConfig(PretrainedConfig):
         self.kernel_revision = kernel_revision
         self.initializer_range = initializer_range
         self.use_cache = use_cache
+        self.embedding_pooling = embedding_pooling
         self.tie_word_embeddings = tie_word_embeddings
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -143,6 +149,8 @@ class MaskedMixerConfig(PretrainedConfig):
                              "research model used both; set mixing_kernel_size=1.")
         if self.mixing_softmax and self.mixing_expanded:
             raise ValueError("mixing_softmax and mixing_expanded cannot be combined: no research model used both.")
+        if self.embedding_pooling not in ("second_to_last", "last"):
+            raise ValueError(f"embedding_pooling must be 'second_to_last' or 'last', got {self.embedding_pooling!r}.")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
 

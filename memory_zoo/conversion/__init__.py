@@ -16,7 +16,8 @@ from ..modeling.modeling_memory_mixer import MemoryMixerForCausalLM, VariableMem
 from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
 from ..modeling.modeling_memory_transformer import TransformerAutoencoderModel, VariableMemoryTransformerForCausalLM
 from ..modeling.modeling_mixer_autoencoder import MixerAutoencoderModel
-from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder
+from ..modeling.modeling_retrieval_mixer import RetrievalMixerModel
+from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder, retrieval_mixer
 from .common import (
     ConversionError,
     checkpoint_digest,
@@ -57,10 +58,12 @@ SOURCES = {
                                  TransformerAutoencoderModel),
     "variable-memory-transformer": ("blbadger/memorymodels", memory_transformer.convert_memory_transformer_checkpoint,
                                     VariableMemoryTransformerForCausalLM),
+    "retrieval-mixer": ("blbadger/maskedmixers", retrieval_mixer.convert_retrieval_mixer_checkpoint,
+                        RetrievalMixerModel),
 }
 # Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
 _SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES, *mixer_autoencoder.SOURCES,
-                        *memory_transformer.SOURCES}
+                        *memory_transformer.SOURCES, *retrieval_mixer.SOURCES}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -96,6 +99,9 @@ def convert(
     model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
 
     tok = None
+    if tokenizer is not None and not hasattr(model_config, "vocab_size"):
+        raise ConversionError(f"A {source} model reads embeddings, not tokens: it has no tokenizer. Save the tokenizer "
+                              "with the embedding model (SOURCE masked-mixer) instead.")
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
@@ -110,10 +116,11 @@ def convert(
         model_class = model_class(model_config)
     model = model_class(model_config)
     result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not (model_config.tie_word_embeddings and k == "lm_head.weight")]
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
     if missing or result.unexpected_keys:
         raise ConversionError(f"Internal mapping error: missing {missing}, unexpected {result.unexpected_keys}.")
-    if model_config.tie_word_embeddings:
+    if tied:
         model.tie_weights()
     parity = check_reference(model.eval(), reference, tolerance) if reference is not None else None
     model = model.to(DTYPES[dtype]).eval()
@@ -148,7 +155,9 @@ def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5
 
     ``reference`` holds ``input_ids [B, T]`` and ``logits`` in our layout ``[B, T, V]`` or the research layout
     ``[B, V, T]``; a research output with one more position than the input (a memory token in front, research
-    ``MemoryMixer``) drops that position. Raises a ConversionError when the difference exceeds ``tolerance``.
+    ``MemoryMixer``) drops that position. A retrieval mixer's reference holds ``inputs_embeds [B, n, D]`` and the
+    research output as ``logits`` (``[B, n - 1, 1]``, or ``[B, n, 1]`` with the query slot). Raises a
+    ConversionError when the difference exceeds ``tolerance``.
     """
     from safetensors.torch import load_file
 
@@ -156,6 +165,8 @@ def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5
         tensors = load_file(str(reference))
     except Exception as error:  # safetensors raises several types for unreadable files
         raise ConversionError(f"Could not read the reference outputs {reference}: {error}.") from error
+    if "inputs_embeds" in tensors:
+        return _check_scores_reference(model, tensors, reference, tolerance)
     if "input_ids" not in tensors or "logits" not in tensors:
         raise ConversionError(f"{reference} must hold `input_ids` [batch, seq_len] and `logits` (the research model's "
                               f"outputs for them); it has {sorted(tensors)}.")
@@ -178,6 +189,30 @@ def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5
         )
     return {"reference": Path(reference).name, "max_abs_logit_diff": difference, "tolerance": tolerance,
             "tokens": int(input_ids.numel()), "dtype": "float32"}
+
+
+def _check_scores_reference(model, tensors: dict, reference, tolerance: float) -> dict:
+    """check_reference for models that score embeddings (the retrieval mixer)."""
+    if "logits" not in tensors:
+        raise ConversionError(f"{reference} must hold `inputs_embeds` [batch, n, dim] and `logits` (the research "
+                              f"model's output for them); it has {sorted(tensors)}.")
+    inputs_embeds, expected = tensors["inputs_embeds"].float(), tensors["logits"].float()
+    with torch.no_grad():
+        scores = model.float()(inputs_embeds=inputs_embeds).logits.float()
+    expected = expected.squeeze(-1) if expected.dim() == scores.dim() + 1 else expected
+    if expected.shape[-1] == scores.shape[-1] + 1:
+        expected = expected[..., 1:]  # the research output of optimized_train_retrieval.py keeps the query slot
+    if expected.shape != scores.shape:
+        raise ConversionError(f"The reference logits {tuple(tensors['logits'].shape)} do not fit the model's scores "
+                              f"{tuple(scores.shape)} for inputs_embeds {tuple(inputs_embeds.shape)}.")
+    difference = (scores - expected).abs().max().item()
+    if not difference <= tolerance:
+        raise ConversionError(
+            f"The converted model differs from the reference outputs by {difference:.3g} (tolerance {tolerance:g}): "
+            "the checkpoint, --config or reference do not belong together. Nothing was saved."
+        )
+    return {"reference": Path(reference).name, "max_abs_score_diff": difference, "tolerance": tolerance,
+            "rows": int(scores.shape[0]), "dtype": "float32"}
 
 
 __all__ = ["ConversionError", "DTYPES", "SOURCES", "check_reference", "convert", "load_state_dict"]

@@ -34,7 +34,9 @@ from .modeling_memory_transformer import (
     VariableMemoryTransformerForCausalLM,
 )
 from .modeling_mixer_autoencoder import MixerAutoencoderModel, MixerAutoencoderPreTrainedModel
+from .modeling_retrieval_mixer import RetrievalMixerModel, RetrievalMixerOutput, RetrievalMixerPreTrainedModel
 from .zoo_common import CheckpointMismatchError, ZooPreTrainedModel, export_remote_code
+from .zoo_embedding import pool_hidden_states
 
 __all__ = [
     "CheckpointMismatchError",
@@ -59,6 +61,9 @@ __all__ = [
     "MemoryMixerForCausalLM",
     "MixerAutoencoderModel",
     "MixerAutoencoderPreTrainedModel",
+    "RetrievalMixerModel",
+    "RetrievalMixerOutput",
+    "RetrievalMixerPreTrainedModel",
     "MemoryMixerCache",
     "VariableMemoryMixerForCausalLM",
     "VariableMemoryMixerPreTrainedModel",
@@ -69,4 +74,5 @@ __all__ = [
     "ZooPreTrainedModel",
     "export_remote_code",
     "memory_layers_param_groups",
+    "pool_hidden_states",
 ]

@@ -8,7 +8,9 @@ Research code: blbadger/maskedmixers (`mixer_lm/`). Differences from it, all del
   outputs of a right-padded full-length run); longer inputs raise a clear error;
 * incremental decoding with [`MaskedMixerCache`]: the mixing is linear in past positions, so caching every
   block's mixing inputs makes a new token cost one matrix row per block instead of a full re-run;
-* left-padded batches are supported exactly: every row is re-based so its first real token is at position 0.
+* left-padded batches are supported exactly: every row is re-based so its first real token is at position 0;
+* `embed(...)` returns one vector per text at the research retrieval position (see `zoo_embedding.py`), and every
+  saved model folder is also a sentence-transformers model whose `encode` calls that same method.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from transformers.utils import can_return_tuple, logging
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
 from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+from .zoo_embedding import EmbeddingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -259,8 +262,12 @@ def _context_error(length: int, needed: int) -> ValueError:
     )
 
 
-class MaskedMixerModel(MaskedMixerPreTrainedModel):
-    """The bare Masked Mixer: token embeddings and mixer blocks, returning the last block's hidden states."""
+class MaskedMixerModel(EmbeddingMixin, MaskedMixerPreTrainedModel):
+    """The bare Masked Mixer: token embeddings and mixer blocks, returning the last block's hidden states.
+
+    `AutoModel` on any Masked Mixer checkpoint gives this model; `embed(input_ids, attention_mask)` turns the hidden
+    states into one retrieval embedding per text.
+    """
 
     # Loading the bare model from a causal-LM checkpoint leaves its head behind, by design.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
@@ -337,7 +344,7 @@ class MaskedMixerModel(MaskedMixerPreTrainedModel):
         )
 
 
-class MaskedMixerForCausalLM(MaskedMixerPreTrainedModel, GenerationMixin):
+class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, GenerationMixin):
     """Masked Mixer with a language-modelling head (no final norm, no bias, as in the research code)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}

@@ -1,0 +1,74 @@
+"""Configuration of the retrieval mixer (Badger, "Masked Mixers for Language Generation and Retrieval", 2024)."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+from .zoo_config import check_integers
+
+
+class RetrievalMixerConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`RetrievalMixerModel`]: a small bidirectional mixer that scores candidate documents for a
+    query, all given as embeddings (research `RetrievalMixer(dim, depth, n_samples)`).
+
+    The input is one row of `num_slots` embeddings per query: slot 0 is the query, slots `1 ... num_slots - 1` are
+    the candidates. Every block mixes the slots with a full (unmasked) learned `num_slots x num_slots` matrix, so
+    the number of slots is part of the parameter shapes and fixed:
+
+    ```
+    x = x + M @ LayerNorm_slot(x) + m          # M [n, n], m [n]: every slot sees every slot
+    x = x + down_proj(act(up_proj(LayerNorm_channel(x))))
+    score_i = w . x_i + b                      # one logit per candidate slot i = 1 ... n - 1
+    ```
+
+    Args:
+        hidden_size (`int`, defaults to 512): width of the embeddings it scores (research `dim`); must equal the
+            embedding model's hidden size.
+        num_hidden_layers (`int`, defaults to 8): number of bidirectional mixer blocks (research `depth`).
+        num_slots (`int`, defaults to 32): query plus candidates per row (research `n_samples`), at least 2.
+        intermediate_size (`int`, *optional*): width of the channel-mixing MLP; defaults to `4 * hidden_size`.
+        hidden_act (`str`, defaults to `"gelu"`): activation of the MLP (exact erf GELU in the research code).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of both LayerNorms of a block.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear weights.
+    """
+
+    model_type = "retrieval_mixer"
+
+    def __init__(
+        self,
+        hidden_size: int = 512,
+        num_hidden_layers: int = 8,
+        num_slots: int = 32,
+        intermediate_size: int | None = None,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_slots = num_slots
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self._check()
+        super().__init__(**kwargs)
+
+    def _check(self) -> None:
+        check_integers(self, ("hidden_size", "num_hidden_layers", "num_slots", "intermediate_size"))
+        if self.num_slots < 2:
+            raise ValueError(f"RetrievalMixerConfig.num_slots counts the query and its candidates, so it must be at "
+                             f"least 2, got {self.num_slots}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+
+    @property
+    def num_candidates(self) -> int:
+        """Candidates scored per query: `num_slots - 1`."""
+        return self.num_slots - 1
+
+
+__all__ = ["RetrievalMixerConfig"]
