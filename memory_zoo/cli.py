@@ -11,6 +11,22 @@ from pathlib import Path
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def _refuse_task_model(model_dir: str, command: str) -> None:
+    """`generate` and `eval` need a language model; say so for the models that read embeddings instead."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return
+    import json
+
+    from . import TASK_MODELS
+
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type in {config.model_type for config, _ in TASK_MODELS}:
+        raise ValueError(f"{model_dir} is a {model_type} model: it scores candidate embeddings and is not a language "
+                         f"model, so `memory-zoo {command}` cannot use it. Load it with AutoModel and call "
+                         "model(inputs_embeds=...) (see the README, Retrieval).")
+
+
 def _convert(args: argparse.Namespace) -> None:
     from .conversion import convert
 
@@ -26,7 +42,7 @@ def _generate(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # Importing memory_zoo (this module's package) registered every architecture with the Auto classes.
-
+    _refuse_task_model(args.model_dir, "generate")
     source = Path(args.tokenizer or args.model_dir)
     if source.is_dir() and not any((source / name).is_file() for name in _TOKENIZER_FILES):
         raise ValueError(
@@ -65,6 +81,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     from .evaluation import evaluate_file, format_results
 
+    _refuse_task_model(args.model_dir, "eval")
     results = evaluate_file(args.model_dir, args.text_file, tokenizer=args.tokenizer, context=args.context,
                             stride=args.stride, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                             device=args.device, progress=args.verbose)

@@ -21,6 +21,7 @@ reload and merge like it (tested in `tests/test_lora.py`).
 | `memory_mixer` | as `mixer_autoencoder` (encoder and decoder blocks) | mixing matrices; `down` / `up` / `decoder_proj` not adapted by default |
 | `transformer_autoencoder` | Llama blocks of encoder and decoder: `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` | `down` / `up` / `projection` / `bridge_proj` not adapted by default |
 | `variable_memory_transformer` | as `transformer_autoencoder` | `down` / `up` / `decoder_proj` not adapted by default |
+| `retrieval_mixer` | `mlp.up_proj`, `mlp.down_proj` | the `n x n` slot-mixing matrices (`slot_mixing`, train them with `modules_to_save=["slot_mixing"]`); `score_head` not adapted |
 
 Suffixes are qualified (`self_attn.q_proj`, not `q_proj`) where a bare name would also match a module LoRA cannot
 wrap (the LSWT preference pooler's `q_proj` is an adapter module, not an `nn.Linear`).
@@ -57,6 +58,7 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     "memory_mixer": list(_MIXER_BLOCK),
     "transformer_autoencoder": [*_ATTENTION, *_SWIGLU],
     "variable_memory_transformer": [*_ATTENTION, *_SWIGLU],
+    "retrieval_mixer": ["mlp.up_proj", "mlp.down_proj"],
 }
 
 __all__ = ["LORA_TARGET_MODULES", "lora_config", "register_peft_target_modules"]

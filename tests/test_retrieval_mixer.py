@@ -177,3 +177,36 @@ def test_model_cards_show_how_to_use_the_retrieval_models(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "mixer")
     card = model_card(tmp_path / "mixer", "org/mixer")
     assert 'SentenceTransformer("org/mixer", trust_remote_code=True)' in card
+
+
+def test_lora_adapts_the_mlps_and_can_train_the_slot_mixing_in_full(tmp_path):
+    from peft import PeftModel, get_peft_model
+
+    from memory_zoo.lora import lora_config
+
+    model = tiny()
+    peft_model = get_peft_model(model, lora_config(model, modules_to_save=["slot_mixing"]))
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or "slot_mixing" in name for name in trainable)
+    assert any("mlp.up_proj.lora_A" in name for name in trainable)
+    rows = torch.randn(4, 6, 16)
+    out = peft_model(inputs_embeds=rows, labels=torch.tensor([0, 1, 2, 3]))
+    out.loss.backward()
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
+    optimizer.step()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        adapted = peft_model(inputs_embeds=rows).logits
+    reloaded = PeftModel.from_pretrained(tiny(), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(inputs_embeds=rows).logits, adapted)
+        torch.testing.assert_close(reloaded.merge_and_unload()(inputs_embeds=rows).logits, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_refuses_to_generate_or_evaluate_with_a_retrieval_mixer(tmp_path, tokenizer, capsys):
+    tiny().save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text("some text " * 20)
+    for argv in (["generate", str(tmp_path / "model"), "hello"], ["eval", str(tmp_path / "model"), str(tmp_path / "text.txt")]):
+        assert cli_main(argv) == 2
+        assert "retrieval_mixer model: it scores candidate embeddings" in capsys.readouterr().err
