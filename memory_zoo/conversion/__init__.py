@@ -165,8 +165,20 @@ def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5
         tensors = load_file(str(reference))
     except Exception as error:  # safetensors raises several types for unreadable files
         raise ConversionError(f"Could not read the reference outputs {reference}: {error}.") from error
-    if "inputs_embeds" in tensors:
-        return _check_scores_reference(model, tensors, reference, tolerance)
+    ours, expected, counts = (_candidate_scores if "inputs_embeds" in tensors else _token_logits)(model, tensors, reference)
+    difference = (ours - expected).abs().max().item()
+    if not difference <= tolerance:
+        raise ConversionError(
+            f"The converted model differs from the reference outputs by {difference:.3g} (tolerance {tolerance:g}): "
+            "the checkpoint, --config or reference do not belong together, or the research code differs from the "
+            "version this converter follows. Nothing was saved."
+        )
+    name = "max_abs_score_diff" if "inputs_embeds" in tensors else "max_abs_logit_diff"
+    return {"reference": Path(reference).name, name: difference, "tolerance": tolerance, **counts, "dtype": "float32"}
+
+
+def _token_logits(model, tensors: dict, reference) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Our logits for the reference's `input_ids`, and the reference `logits` in our layout."""
     if "input_ids" not in tensors or "logits" not in tensors:
         raise ConversionError(f"{reference} must hold `input_ids` [batch, seq_len] and `logits` (the research model's "
                               f"outputs for them); it has {sorted(tensors)}.")
@@ -180,19 +192,11 @@ def check_reference(model, reference: str | os.PathLike, tolerance: float = 1e-5
     if expected.shape != logits.shape:
         raise ConversionError(f"The reference logits {tuple(tensors['logits'].shape)} do not fit the model's "
                               f"{tuple(logits.shape)} for input_ids {tuple(input_ids.shape)}.")
-    difference = (logits - expected).abs().max().item()
-    if not difference <= tolerance:
-        raise ConversionError(
-            f"The converted model differs from the reference outputs by {difference:.3g} (tolerance {tolerance:g}): "
-            "the checkpoint, --config or reference do not belong together, or the research code differs from the "
-            "version this converter follows. Nothing was saved."
-        )
-    return {"reference": Path(reference).name, "max_abs_logit_diff": difference, "tolerance": tolerance,
-            "tokens": int(input_ids.numel()), "dtype": "float32"}
+    return logits, expected, {"tokens": int(input_ids.numel())}
 
 
-def _check_scores_reference(model, tensors: dict, reference, tolerance: float) -> dict:
-    """check_reference for models that score embeddings (the retrieval mixer)."""
+def _candidate_scores(model, tensors: dict, reference) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A retrieval mixer's scores for the reference's `inputs_embeds`, and the reference `logits` as `[B, n - 1]`."""
     if "logits" not in tensors:
         raise ConversionError(f"{reference} must hold `inputs_embeds` [batch, n, dim] and `logits` (the research "
                               f"model's output for them); it has {sorted(tensors)}.")
@@ -205,14 +209,7 @@ def _check_scores_reference(model, tensors: dict, reference, tolerance: float) -
     if expected.shape != scores.shape:
         raise ConversionError(f"The reference logits {tuple(tensors['logits'].shape)} do not fit the model's scores "
                               f"{tuple(scores.shape)} for inputs_embeds {tuple(inputs_embeds.shape)}.")
-    difference = (scores - expected).abs().max().item()
-    if not difference <= tolerance:
-        raise ConversionError(
-            f"The converted model differs from the reference outputs by {difference:.3g} (tolerance {tolerance:g}): "
-            "the checkpoint, --config or reference do not belong together. Nothing was saved."
-        )
-    return {"reference": Path(reference).name, "max_abs_score_diff": difference, "tolerance": tolerance,
-            "rows": int(scores.shape[0]), "dtype": "float32"}
+    return scores, expected, {"rows": int(scores.shape[0])}
 
 
 __all__ = ["ConversionError", "DTYPES", "SOURCES", "check_reference", "convert", "load_state_dict"]

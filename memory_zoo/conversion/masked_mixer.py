@@ -47,10 +47,11 @@ def _mixing_matrix(weight: torch.Tensor, key: str) -> torch.Tensor:
     return weight[..., 0]
 
 
-def _block_indices(state_dict: dict[str, torch.Tensor]) -> list[int]:
+def block_indices(state_dict: dict[str, torch.Tensor], model: str = "masked-mixer") -> list[int]:
+    """The indices `i` of the research `mixerblocks.<i>.` tensors, checked to be `0 ... depth - 1`."""
     indices = sorted({int(m.group(1)) for key in state_dict if (m := re.match(r"mixerblocks\.(\d+)\.", key))})
     if not indices:
-        raise ConversionError("The checkpoint has no `mixerblocks.<i>.` tensors: it is not a masked-mixer checkpoint.")
+        raise ConversionError(f"The checkpoint has no `mixerblocks.<i>.` tensors: it is not a {model} checkpoint.")
     if indices != list(range(len(indices))):
         raise ConversionError(f"Block indices are not contiguous: {indices}; the checkpoint is incomplete.")
     return indices
@@ -69,7 +70,7 @@ def convert_masked_mixer_state_dict(
     warn_unknown_keys(research_config, RESEARCH_NAMES, source)
     notes: list[str] = []
     mapper = TensorMapper(state_dict)
-    blocks = _block_indices(state_dict)
+    blocks = block_indices(state_dict)
 
     embed = mapper.move("wte.weight", "model.embed_tokens.weight")
     vocab_size = reconcile(research_config, ["n_vocab"], embed.shape[0], "vocabulary size (wte rows)")

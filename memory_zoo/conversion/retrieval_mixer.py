@@ -9,12 +9,11 @@ checkpoints are HF Trainer ``model.safetensors`` (or ``pytorch_model.bin``) file
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..configuration.configuration_retrieval_mixer import RetrievalMixerConfig
 from .common import ConversionError, TensorMapper, load_state_dict, reconcile, research_init_kwargs, warn_unknown_keys
+from .masked_mixer import block_indices
 
 SOURCES = ("retrieval-mixer",)
 
@@ -38,11 +37,7 @@ def convert_retrieval_mixer_state_dict(
                               "RetrievalMixer. Convert it with SOURCE masked-mixer; its embed() makes the embeddings "
                               "a retrieval mixer scores.")
     mapper = TensorMapper(state_dict)
-    blocks = sorted({int(m.group(1)) for key in state_dict if (m := re.match(r"mixerblocks\.(\d+)\.", key))})
-    if not blocks:
-        raise ConversionError("The checkpoint has no `mixerblocks.<i>.` tensors: it is not a RetrievalMixer checkpoint.")
-    if blocks != list(range(len(blocks))):
-        raise ConversionError(f"Block indices are not contiguous: {blocks}; the checkpoint is incomplete.")
+    blocks = block_indices(state_dict, "RetrievalMixer")
 
     head = mapper.move("retrieval_head.weight", "score_head.weight")
     mapper.move("retrieval_head.bias", "score_head.bias")
