@@ -210,3 +210,14 @@ def test_cli_refuses_to_generate_or_evaluate_with_a_retrieval_mixer(tmp_path, to
     for argv in (["generate", str(tmp_path / "model"), "hello"], ["eval", str(tmp_path / "model"), str(tmp_path / "text.txt")]):
         assert cli_main(argv) == 2
         assert "retrieval_mixer model: it scores candidate embeddings" in capsys.readouterr().err
+
+
+def test_loads_with_device_map_and_dtype(tmp_path):
+    model = tiny().eval()
+    model.save_pretrained(tmp_path)
+    rows = torch.randn(2, 6, 16)
+    loaded = AutoModel.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16).eval()
+    assert loaded.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs_embeds=rows.bfloat16()).logits.float(), model(inputs_embeds=rows).logits,
+                                   atol=0.1, rtol=0.05)
