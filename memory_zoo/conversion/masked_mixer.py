@@ -57,6 +57,14 @@ def block_indices(state_dict: dict[str, torch.Tensor], model: str = "masked-mixe
     return indices
 
 
+def move_norms_and_mlp(mapper: TensorMapper, old: str, new: str, mixing_norm: str = "token_norm") -> None:
+    """Move a research block's two LayerNorms and its FeedForward, laid out alike in every mixer file."""
+    for research, ours in (("seq_layernorm", mixing_norm), ("patch_layernorm", "channel_norm"),
+                           ("patch_ff.0", "mlp.up_proj"), ("patch_ff.2", "mlp.down_proj")):
+        mapper.move(old + research + ".weight", new + ours + ".weight")
+        mapper.move(old + research + ".bias", new + ours + ".bias")
+
+
 def convert_masked_mixer_state_dict(
     state_dict: dict[str, torch.Tensor], source: str, research_config: dict | None = None
 ) -> tuple[MaskedMixerConfig, dict[str, torch.Tensor], list[str]]:
@@ -98,10 +106,7 @@ def convert_masked_mixer_state_dict(
     settings: dict = {}
     for i in blocks:
         old, new = f"mixerblocks.{i}.", f"model.layers.{i}."
-        for research, ours in (("seq_layernorm", "token_norm"), ("patch_layernorm", "channel_norm"),
-                               ("patch_ff.0", "mlp.up_proj"), ("patch_ff.2", "mlp.down_proj")):
-            mapper.move(old + research + ".weight", new + ours + ".weight")
-            mapper.move(old + research + ".bias", new + ours + ".bias")
+        move_norms_and_mlp(mapper, old, new)
         if source == "masked-mixer":
             block = _convert_plain_block(mapper, old, new + "token_mixer.", research_config)
         elif source == "multiheaded-mixer":

@@ -13,7 +13,7 @@ import torch
 
 from ..configuration.configuration_retrieval_mixer import RetrievalMixerConfig
 from .common import ConversionError, TensorMapper, load_state_dict, reconcile, research_init_kwargs, warn_unknown_keys
-from .masked_mixer import block_indices
+from .masked_mixer import block_indices, move_norms_and_mlp
 
 SOURCES = ("retrieval-mixer",)
 
@@ -49,10 +49,7 @@ def convert_retrieval_mixer_state_dict(
     num_slots = None
     for i in blocks:
         old, new = f"mixerblocks.{i}.", f"layers.{i}."
-        for research, ours in (("seq_layernorm", "slot_norm"), ("patch_layernorm", "channel_norm"),
-                               ("patch_ff.0", "mlp.up_proj"), ("patch_ff.2", "mlp.down_proj")):
-            mapper.move(old + research + ".weight", new + ours + ".weight")
-            mapper.move(old + research + ".bias", new + ours + ".bias")
+        move_norms_and_mlp(mapper, old, new, mixing_norm="slot_norm")
         weight = mapper.move(old + "conv.weight", new + "slot_mixing.weight")
         if weight.dim() != 3 or weight.shape[0] != weight.shape[1] or weight.shape[2] != 1:
             raise ConversionError(f"{old}conv.weight should be a Conv1d(n, n, 1) weight [n, n, 1], "
