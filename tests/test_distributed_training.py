@@ -41,11 +41,24 @@ def load_train_module():
     return module
 
 
+# torch 2.13's gloo backend sometimes kills a CPU rank with a signal inside a collective or at exit (SIGSEGV in an
+# FSDP2 `full_tensor` all-gather, SIGABRT "terminate called without an active exception"): seen in about 1 of 10
+# runs on a loaded 2-core machine, never as a Python error. Such a crash is retried once; any other failure, or a
+# second crash, fails the test.
+RUNTIME_CRASHES = ("Signal 11 (SIGSEGV)", "Signal 6 (SIGABRT)")
+
+
 def launch(command: list, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=tmp_path, env=env,
-                            timeout=timeout)
+    for attempt in (1, 2):
+        result = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=tmp_path,
+                                env=env, timeout=timeout)
+        crashed = result.returncode != 0 and any(crash in result.stderr for crash in RUNTIME_CRASHES)
+        if not crashed or attempt == 2:
+            break
+        warnings.warn(f"a distributed worker crashed with a signal (torch/gloo runtime); retrying once:\n"
+                      f"{result.stderr[-1500:]}", stacklevel=2)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-6000:])
     return result
 
