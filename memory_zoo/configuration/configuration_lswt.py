@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
-from .zoo_config import check_integers
+from .zoo_config import check_activation, check_integers
 
 
 class LSWTConfig(PretrainedConfig):
@@ -168,8 +167,7 @@ class LSWTConfig(PretrainedConfig):
                 f"hidden_size ({self.hidden_size}) must split into num_attention_heads ({self.num_attention_heads}) "
                 "heads of an even width (rotary embeddings rotate pairs)."
             )
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+        check_activation(self)
         if self.rope_dynamic and not self.max_position_embeddings:
             raise ValueError("rope_dynamic=True scales positions beyond max_position_embeddings, so it must be set "
                              "(the research rope_positions, e.g. 4096).")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
-from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
+from .zoo_config import KERNEL_REVISION, check_activation, check_integers, default_kernel_repo
 
 
 class MaskedMixerConfig(PretrainedConfig):
@@ -151,8 +150,7 @@ class MaskedMixerConfig(PretrainedConfig):
             raise ValueError("mixing_softmax and mixing_expanded cannot be combined: no research model used both.")
         if self.embedding_pooling not in ("second_to_last", "last"):
             raise ValueError(f"embedding_pooling must be 'second_to_last' or 'last', got {self.embedding_pooling!r}.")
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+        check_activation(self)
 
     @property
     def mixing_width(self) -> int:

@@ -8,10 +8,9 @@ the [`MaskedMixerConfig`] of one stack, so the blocks (and their kernels and cac
 from __future__ import annotations
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
 from .configuration_masked_mixer import MaskedMixerConfig
-from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
+from .zoo_config import KERNEL_REVISION, check_activation, check_integers, default_kernel_repo
 
 DECODER_INPUTS = ("unroll", "repeat")
 COMBINATIONS = ("token", "embedding")
@@ -57,8 +56,7 @@ class _CompressionConfig(PretrainedConfig):
             if getattr(self, heads) and getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"{type(self).__name__}.{width} = {getattr(self, width)} is not divisible by "
                                  f"{heads} = {getattr(self, heads)}: every mixing head gets width // heads features.")
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+        check_activation(self)
 
     def _check_compression(self, width_field: str) -> None:
         width = getattr(self, width_field)

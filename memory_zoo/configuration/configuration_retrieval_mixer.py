@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
 
-from .zoo_config import check_integers
+from .zoo_config import check_activation, check_integers
 
 
 class RetrievalMixerConfig(PretrainedConfig):
@@ -62,8 +61,7 @@ class RetrievalMixerConfig(PretrainedConfig):
         if self.num_slots < 2:
             raise ValueError(f"RetrievalMixerConfig.num_slots counts the query and its candidates, so it must be at "
                              f"least 2, got {self.num_slots}.")
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"Unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACT2FN)}.")
+        check_activation(self)
 
     @property
     def num_candidates(self) -> int:

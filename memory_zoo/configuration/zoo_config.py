@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from transformers.activations import ACT2FN
+
 # Hub kernel repositories: one per kernel under memory_zoo/hub_kernels/ (its build.toml `repo-id` must agree; a test
 # checks), published by `memory-zoo push-kernels`; models pin the major-version branch.
 KERNEL_ORGANIZATION = "memory-zoo"
@@ -24,4 +26,11 @@ def check_integers(config: object, names: Iterable[str], minimum: int = 1) -> No
             raise ValueError(f"{type(config).__name__}.{name} must be {kind}, got {value!r}.")
 
 
-__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "check_integers", "default_kernel_repo"]
+def check_activation(config: object, name: str = "hidden_act") -> None:
+    """Raise a ValueError naming the choices unless ``config.<name>`` is an activation transformers knows."""
+    value = getattr(config, name)
+    if value not in ACT2FN:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {sorted(ACT2FN)}.")
+
+
+__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "check_activation", "check_integers", "default_kernel_repo"]
