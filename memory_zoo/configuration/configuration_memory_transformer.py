@@ -3,6 +3,10 @@ the unrolled transformer autoencoder and the variable-memory transformer."""
 
 from __future__ import annotations
 
+# isort: off
+# First: its import refuses a transformers older than the supported range by name, before the imports below fail.
+from .zoo_versions import SUPPORTED_RANGE  # noqa: F401
+# isort: on
 from transformers import LlamaConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from transformers.activations import ACT2FN
 
+from .zoo_versions import SUPPORTED_RANGE  # noqa: F401  (the import refuses an unsupported transformers by name)
+
 # Hub kernel repositories: one per kernel under memory_zoo/hub_kernels/ (its build.toml `repo-id` must agree; a test
 # checks), published by `memory-zoo push-kernels`; models pin the major-version branch.
 KERNEL_ORGANIZATION = "memory-zoo"

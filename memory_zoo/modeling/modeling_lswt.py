@@ -27,12 +27,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_lswt import LSWTConfig
 from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, answers_to_every_cache_name
 
 logger = logging.get_logger(__name__)
 
@@ -233,9 +233,9 @@ class LSWTDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = LSWTMLP(config)
 
-    def forward(self, hidden_states, rotary, mask, past_key_values=None):
+    def forward(self, hidden_states, rotary, mask, cache=None):
         hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotary, mask,
-                                                       past_key_values)
+                                                       cache)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -246,7 +246,6 @@ class LSWTPreTrainedModel(ZooPreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LSWTDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _auto_map_classes = {"AutoModel": "LSWTModel", "AutoModelForCausalLM": "LSWTForCausalLM"}
 
@@ -294,13 +293,13 @@ class LSWTModel(LSWTPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: LSWTCache | None = None,
+        cache: LSWTCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         max_key_values: int | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZooModelOutput:
         r"""
         inputs_embeds: token embeddings of width `embedding_size` (the rows of `get_input_embeddings()`); they are
             projected like `input_ids` embeddings.
@@ -311,22 +310,22 @@ class LSWTModel(LSWTPreTrainedModel):
         """
         embeddings = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         hidden_states = self.input_norm(self.input_proj(embeddings.to(self.input_proj.weight.dtype)))
-        if self.gradient_checkpointing and self.training and past_key_values is not None:
+        if self.gradient_checkpointing and self.training and cache is not None:
             raise ValueError("Gradient checkpointing cannot carry an XL memory through the checkpointed blocks; "
-                             "train segments without past_key_values, or turn activation checkpointing off.")
-        past_key_values = resolve_cache(self, past_key_values, use_cache, LSWTCache, "the XL memory")
+                             "train segments without cache, or turn activation checkpointing off.")
+        cache = resolve_cache(self, cache, use_cache, LSWTCache, "the XL memory")
         states_mode = self.training and self.config.recompute_kv
-        if past_key_values is not None:
-            if past_key_values.get_seq_length() == 0:
-                past_key_values.holds_states = states_mode
-            elif past_key_values.holds_states != states_mode:
+        if cache is not None:
+            if cache.get_seq_length() == 0:
+                cache.holds_states = states_mode
+            elif cache.holds_states != states_mode:
                 raise ValueError(
-                    "This cache holds " + ("attention inputs (recompute_kv training)" if past_key_values.holds_states
+                    "This cache holds " + ("attention inputs (recompute_kv training)" if cache.holds_states
                                            else "keys and values") + " but the model is in "
                     + ("recompute_kv training" if states_mode else "key/value") + " mode; the two cannot be mixed "
                     "(call model.train()/eval() consistently, or start a new cache)."
                 )
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         total = past + hidden_states.shape[1]
         key_valid = None
         if attention_mask is not None:
@@ -343,16 +342,16 @@ class LSWTModel(LSWTPreTrainedModel):
         )
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, mask, past_key_values)
+            hidden_states = layer(hidden_states, rotary, mask, cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
-        if past_key_values is not None:
-            past_key_values.trim(max_key_values if max_key_values is not None else self.config.max_key_values)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        if cache is not None:
+            cache.trim(max_key_values if max_key_values is not None else self.config.max_key_values)
+        return ZooModelOutput(
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
 
 
@@ -377,7 +376,7 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: LSWTCache | None = None,
+        cache: LSWTCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -385,13 +384,13 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         max_key_values: int | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         labels: targets for the next-token loss (shifted inside; -100 ignored).
         max_key_values: memory positions kept after this call (default `config.max_key_values`).
         """
         outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+            input_ids=input_ids, attention_mask=attention_mask, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
             max_key_values=max_key_values,
         )
@@ -400,8 +399,8 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        return ZooCausalLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 
@@ -611,9 +610,10 @@ class LSWTPreferencePooler(nn.Module):
         return {name: head(pooled) for name, head in self.reward_heads.items()}
 
 
+@answers_to_every_cache_name
 @dataclass
-class LSWTPreferenceOutput(CausalLMOutputWithPast):
-    """[`CausalLMOutputWithPast`] plus `rewards`: `{head name: [batch, 1]}` read at each row's last CLS token."""
+class LSWTPreferenceOutput(ZooCausalLMOutput):
+    """[`ZooCausalLMOutput`] plus `rewards`: `{head name: [batch, 1]}` read at each row's last CLS token."""
 
     rewards: dict[str, torch.Tensor] | None = None
 
@@ -634,11 +634,11 @@ class LSWTForPreferenceHeads(LSWTForCausalLM):
         if input_ids is None:
             raise ValueError("LSWTForPreferenceHeads needs input_ids: rewards are read at the last CLS token.")
         outputs = super().forward(input_ids=input_ids, output_hidden_states=True, **kwargs)
-        if outputs.past_key_values is not None and outputs.past_key_values.get_seq_length() > input_ids.shape[1]:
+        if outputs.cache is not None and outputs.cache.get_seq_length() > input_ids.shape[1]:
             logger.warning_once("Rewards are computed from the current call's tokens only, not from the memory.")
         rewards = self.pooler(outputs.hidden_states, input_ids)
         return LSWTPreferenceOutput(
-            loss=outputs.loss, logits=outputs.logits, past_key_values=outputs.past_key_values,
+            loss=outputs.loss, logits=outputs.logits, cache=outputs.cache,
             hidden_states=outputs.hidden_states if output_hidden_states else None, rewards=rewards,
         )
 

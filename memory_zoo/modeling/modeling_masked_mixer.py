@@ -26,12 +26,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
 from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_embedding import EmbeddingMixin
 
 logger = logging.get_logger(__name__)
@@ -220,9 +220,9 @@ class MaskedMixerBlock(GradientCheckpointingLayer):
         self.mlp = MaskedMixerMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, positions: MixingPositions, past_key_values: MaskedMixerCache | None = None
+        self, hidden_states: torch.Tensor, positions: MixingPositions, cache: MaskedMixerCache | None = None
     ) -> torch.Tensor:
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         hidden_states = hidden_states + self.token_mixer(self.token_norm(hidden_states), positions, cache_layer)
         return hidden_states + self.mlp(self.channel_norm(hidden_states))
 
@@ -234,7 +234,6 @@ class MaskedMixerPreTrainedModel(ZooPreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MaskedMixerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _auto_map_classes = {"AutoModel": "MaskedMixerModel", "AutoModelForCausalLM": "MaskedMixerForCausalLM"}
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -320,27 +319,27 @@ class MaskedMixerModel(EmbeddingMixin, MaskedMixerPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MaskedMixerCache | None = None,
+        cache: MaskedMixerCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZooModelOutput:
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
-        past_key_values = resolve_cache(self, past_key_values, use_cache, MaskedMixerCache, "the mixer's state")
+        cache = resolve_cache(self, cache, use_cache, MaskedMixerCache, "the mixer's state")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
 
-        positions = self._positions(attention_mask, past_key_values, inputs_embeds.shape[1])
+        positions = self._positions(attention_mask, cache, inputs_embeds.shape[1])
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, positions, past_key_values=past_key_values)
+            hidden_states = layer(hidden_states, positions, cache=cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        return ZooModelOutput(
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
 
 
@@ -360,14 +359,14 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MaskedMixerCache | None = None,
+        cache: MaskedMixerCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): targets for the next-token loss; they
             are shifted inside (position `t` predicts `labels[t + 1]`), `-100` is ignored.
@@ -377,7 +376,7 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -387,8 +386,8 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        return ZooCausalLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

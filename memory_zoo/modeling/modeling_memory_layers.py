@@ -25,12 +25,12 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
 from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions
+from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_layers import ZooRMSNorm, apply_interleaved_rotary, rotary_angles
 
 logger = logging.get_logger(__name__)
@@ -60,7 +60,7 @@ class MemoryLayersAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout, past_key_values: Cache | None):
+    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout, cache: Cache | None):
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
         key = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim)
@@ -68,8 +68,8 @@ class MemoryLayersAttention(nn.Module):
         query = apply_interleaved_rotary(query, layout.cos, layout.sin).transpose(1, 2)
         key = apply_interleaved_rotary(key, layout.cos, layout.sin).transpose(1, 2)
         value = value.transpose(1, 2)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=layout.mask, is_causal=layout.is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
@@ -232,10 +232,10 @@ class MemoryLayersDecoderLayer(GradientCheckpointingLayer):
             self.mlp = MemoryLayersMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, layout: AttentionLayout, past_key_values: Cache | None = None,
+        self, hidden_states: torch.Tensor, layout: AttentionLayout, cache: Cache | None = None,
         shared_values: MemoryLayersValueTable | None = None,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), layout, past_key_values)
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), layout, cache)
         normed = self.post_attention_layernorm(hidden_states)
         update = self.mlp(normed, shared_values) if self.is_memory_layer else self.mlp(normed)
         return hidden_states + update
@@ -250,7 +250,6 @@ class MemoryLayersPreTrainedModel(ZooPreTrainedModel):
     # The value table is its own FSDP unit: it keeps its dtype (bfloat16 by default) next to float32 weights, and FSDP
     # flattens or all-gathers only parameters of one dtype per unit.
     _no_split_modules = ["MemoryLayersDecoderLayer", "MemoryLayersValueTable"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _auto_map_classes = {"AutoModel": "MemoryLayersModel", "AutoModelForCausalLM": "MemoryLayersForCausalLM"}
 
@@ -339,39 +338,39 @@ class MemoryLayersModel(MemoryLayersPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZooModelOutput:
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if past_key_values is not None and not isinstance(past_key_values, Cache):
-            raise TypeError(f"past_key_values must be a transformers Cache (e.g. DynamicCache), got "
-                            f"{type(past_key_values).__name__}.")
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a transformers Cache (e.g. DynamicCache), got "
+                            f"{type(cache).__name__}.")
+        if use_cache and cache is None:
+            cache = DynamicCache()
         if not use_cache:
-            past_key_values = None
+            cache = None
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         layout = _layout(self.config, attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device)
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, layout, past_key_values, self.memory_values)
+            hidden_states = layer(hidden_states, layout, cache, self.memory_values)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        return ZooModelOutput(
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
 
 
@@ -392,14 +391,14 @@ class MemoryLayersForCausalLM(MemoryLayersPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): targets for the next-token loss; they
             are shifted inside (position `t` predicts `labels[t + 1]`), `-100` is ignored.
@@ -409,7 +408,7 @@ class MemoryLayersForCausalLM(MemoryLayersPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -418,8 +417,8 @@ class MemoryLayersForCausalLM(MemoryLayersPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        return ZooCausalLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

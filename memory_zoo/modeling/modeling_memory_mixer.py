@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_mixer_autoencoder import MemoryMixerConfig, VariableMemoryMixerConfig
 from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMixerPreTrainedModel
 from .zoo_common import kept_positions, resolve_cache
+from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import chunked_causal_loss, memory_slots, require_input_ids
 
 
@@ -253,7 +253,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
             if first:  # the decoder pass of a new chunk starts with the memory slots
                 slots = memory_slots(cache.memory.memories(), self.config.num_chunks, 0.0, embeds)
                 embeds = torch.cat([slots, embeds], dim=1)
-            hidden = self.decoder(inputs_embeds=embeds, past_key_values=cache.decoder, use_cache=True).last_hidden_state
+            hidden = self.decoder(inputs_embeds=embeds, cache=cache.decoder, use_cache=True).last_hidden_state
             return hidden[:, -piece.shape[1]:]
 
         return walk_chunks(input_ids, cache, self.config.chunk_length, remember, decode)
@@ -263,13 +263,13 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MemoryMixerCache | None = None,
+        cache: MemoryMixerCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         attention_mask (`torch.Tensor`, *optional*): `[batch, past + new tokens]`; right padding is allowed (it
             cannot reach earlier positions), left padding is refused (it would move the chunk boundaries).
@@ -278,7 +278,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(type(self).__name__, input_ids, inputs_embeds)
-        cache = resolve_cache(self, past_key_values, use_cache, MemoryMixerCache, "memories of earlier chunks")
+        cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
         _right_padded_only(attention_mask, past + input_ids.shape[1])
@@ -293,7 +293,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
                 raise ValueError("labels cannot be combined with a filled cache: compute the loss on a full forward.")
             loss = chunked_causal_loss(logits, labels.to(logits.device), self.config.chunk_length,
                                        self.config.num_chunks)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache)
 
 
 class MemoryMixerPreTrainedModel(MaskedMixerPreTrainedModel):
@@ -396,7 +396,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
             memories = cache.memory.memories()
             inputs = self._combine(None if memories is None else memories[:, -1], self.decoder_embed_tokens(piece),
                                    first=first)
-            hidden = self.decoder(inputs_embeds=inputs, past_key_values=cache.decoder, use_cache=True).last_hidden_state
+            hidden = self.decoder(inputs_embeds=inputs, cache=cache.decoder, use_cache=True).last_hidden_state
             return self._strip(hidden, first=first)
 
         return walk_chunks(input_ids, cache, self.config.chunk_length, remember, decode)
@@ -406,13 +406,13 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MemoryMixerCache | None = None,
+        cache: MemoryMixerCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         attention_mask (`torch.Tensor`, *optional*): right padding only (see [`VariableMemoryMixerForCausalLM`]).
         labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): next-token targets, shifted inside
@@ -430,7 +430,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
                 )
             cache = None
         else:
-            cache = resolve_cache(self, past_key_values, use_cache, MemoryMixerCache, "the memory of the last chunk")
+            cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "the memory of the last chunk")
         past = cache.tokens_seen if cache is not None else 0
         _right_padded_only(attention_mask, past + input_ids.shape[1])
         hidden = self._decode_all(input_ids) if cache is None else self._decode_cached(input_ids, cache)
@@ -438,9 +438,9 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache)
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(self, *args, cache: MemoryMixerCache | None = None, **kwargs):
         if self.config.memory_source == "window":
             raise ValueError(
                 "This memory mixer uses memory_source='window': its encoder reads the whole window it predicts, "
@@ -448,7 +448,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
                 "model). Use it for scoring, or load it with memory_source='previous_chunk' to decode each chunk "
                 "from the memory of the previous one (a different use than the research trained for)."
             )
-        return super().prepare_inputs_for_generation(*args, **kwargs)
+        return super().prepare_inputs_for_generation(*args, **cache_argument(cache), **kwargs)
 
 
 __all__ = [

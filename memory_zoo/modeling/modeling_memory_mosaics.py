@@ -26,12 +26,12 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_mosaics import MemoryMosaicsConfig
 from ..hub_kernels.zoo_kernels import kernel_for
 from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, cache_argument
 
 logger = logging.get_logger(__name__)
 
@@ -406,9 +406,9 @@ class MemoryMosaicsBlock(GradientCheckpointingLayer):
             self.pmem = MemoryMosaicsPersistentMemory(config, layer_idx)
 
     def forward(
-        self, hidden_states: torch.Tensor, step: MosaicsStep, past_key_values: MemoryMosaicsCache | None = None
+        self, hidden_states: torch.Tensor, step: MosaicsStep, cache: MemoryMosaicsCache | None = None
     ) -> torch.Tensor:
-        cache_layer = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+        cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         if self.pre_layernorm:
             hidden_states = hidden_states + self.attn(self.input_layernorm(hidden_states), step, cache_layer)
             if self.pmem is not None:
@@ -429,7 +429,6 @@ class MemoryMosaicsPreTrainedModel(ZooPreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MemoryMosaicsBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _auto_map_classes = {"AutoModel": "MemoryMosaicsModel", "AutoModelForCausalLM": "MemoryMosaicsForCausalLM"}
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -544,30 +543,30 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MemoryMosaicsCache | None = None,
+        cache: MemoryMosaicsCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZooModelOutput:
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
-        past_key_values = resolve_cache(self, past_key_values, use_cache, MemoryMosaicsCache, "the leaky averages")
+        cache = resolve_cache(self, cache, use_cache, MemoryMosaicsCache, "the leaky averages")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
 
-        step = self._step(attention_mask, past_key_values, inputs_embeds.shape[1], inputs_embeds.device)
+        step = self._step(attention_mask, cache, inputs_embeds.shape[1], inputs_embeds.device)
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, step, past_key_values=past_key_values)
+            hidden_states = layer(hidden_states, step, cache=cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        return ZooModelOutput(
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
         )
 
 
@@ -584,7 +583,7 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(
         self, input_ids: torch.LongTensor, next_sequence_length: int | None = None,
-        past_key_values: MemoryMosaicsCache | None = None, attention_mask: torch.Tensor | None = None,
+        cache: MemoryMosaicsCache | None = None, attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None, **kwargs,
     ) -> dict:
         window = self.config.block_size
@@ -596,10 +595,10 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
             input_ids, next_sequence_length = input_ids[:, -window:], None
             if attention_mask is not None:
                 attention_mask = attention_mask[:, -window:]
-            if past_key_values is not None:
-                past_key_values.reset()
+            if cache is not None:
+                cache.reset()
         return super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, past_key_values=past_key_values,
+            input_ids, next_sequence_length=next_sequence_length, **cache_argument(cache),
             attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs,
         )
 
@@ -608,14 +607,14 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: MemoryMosaicsCache | None = None,
+        cache: MemoryMosaicsCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): targets for the next-token loss; they
             are shifted inside (position `t` predicts `labels[t + 1]`), `-100` is ignored. Pass `shift_labels`
@@ -627,7 +626,7 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -649,8 +648,8 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
             )
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        return ZooCausalLMOutput(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

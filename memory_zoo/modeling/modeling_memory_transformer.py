@@ -26,7 +26,6 @@ from torch import nn
 from transformers import GenerationMixin, LlamaConfig
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.utils import can_return_tuple, logging
 
@@ -35,6 +34,7 @@ from ..configuration.configuration_memory_transformer import (
     VariableMemoryTransformerConfig,
 )
 from .zoo_common import ZooPreTrainedModel, kept_positions, resolve_cache
+from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
     AutoencoderOutput,
     chunked_causal_loss,
@@ -50,7 +50,7 @@ class MemoryTransformerStack(nn.Module):
     """A causal stack of Llama decoder layers fed with embeddings (research `AbbreviatedModel` / `LlamaModel` body).
 
     Positions are `past_length .. past_length + S - 1`. `norm` is the final RMSNorm, or None where the research model
-    did not apply it (`AbbreviatedModel`). Key/values go to `past_key_values` layers `0 .. num_hidden_layers - 1`.
+    did not apply it (`AbbreviatedModel`). Key/values go to `cache` layers `0 .. num_hidden_layers - 1`.
     """
 
     def __init__(self, config: LlamaConfig, final_norm: bool):
@@ -75,7 +75,7 @@ class MemoryTransformerStack(nn.Module):
         self,
         hidden_states: torch.Tensor,
         past_length: int = 0,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Run `hidden_states [B, S, D]`; returns the output and, if asked, the input plus every layer's output (the
@@ -87,7 +87,7 @@ class MemoryTransformerStack(nn.Module):
         all_hidden = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, position_embeddings=position_embeddings)
+                                  position_embeddings=position_embeddings, **cache_argument(cache))
             if output_hidden_states:
                 all_hidden.append(hidden_states)
         if self.norm is not None:
@@ -108,7 +108,6 @@ class MemoryTransformerPreTrainedModel(ZooPreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
     # Masks are built here for SDPA and eager attention only (flash kernels would need their own padding handling).
     _supports_sdpa = True
     _supports_flash_attn = False
@@ -472,7 +471,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
                 x, start = torch.cat([slots, tokens], 1), 0
             else:
                 x, start = tokens, cache.decoder_length()
-            hidden, all_hidden = self.decoder(x, past_length=start, past_key_values=cache,
+            hidden, all_hidden = self.decoder(x, past_length=start, cache=cache,
                                               output_hidden_states=output_hidden_states)
             outputs.append(hidden[:, -segment.shape[1]:])
             if all_hidden:
@@ -520,21 +519,21 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: VariableMemoryTransformerCache | None = None,
+        cache: VariableMemoryTransformerCache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZooCausalLMOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `[batch, seq_len]`): at most `num_chunks * chunk_length` tokens in
             all (cached and new); chunk boundaries are counted from the first token.
         attention_mask (`torch.Tensor`, *optional*): 0/1 mask. Without a cache, each row's real tokens must form one
             contiguous run (left and/or right padding): every row is computed exactly as if run alone (its first real
             token starts chunk 0) and padding positions get meaningless logits. With a cache it must be all ones.
-        past_key_values ([`VariableMemoryTransformerCache`], *optional*): state of the tokens seen so far.
+        cache ([`VariableMemoryTransformerCache`], *optional*): state of the tokens seen so far.
         labels (`torch.LongTensor` of shape `[batch, seq_len]`, *optional*): targets, shifted INSIDE each chunk as in
             the research code (position `t` predicts `labels[t + 1]`; a chunk's last token predicts nothing): the
             mean of each chunk's targets, summed over chunks and divided by `num_chunks` (chunks without targets, or
@@ -550,9 +549,9 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        if use_cache is None and past_key_values is None and self.training:
+        if use_cache is None and cache is None and self.training:
             use_cache = False
-        cache = resolve_cache(self, past_key_values, use_cache, VariableMemoryTransformerCache, "the chunk memories")
+        cache = resolve_cache(self, cache, use_cache, VariableMemoryTransformerCache, "the chunk memories")
         past = cache.seen_tokens if cache is not None else 0
         limit = self.config.context_length
         if past + input_ids.shape[1] > limit:
@@ -568,7 +567,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
                                  f"got {tuple(labels.shape)}.")
             if past:
                 raise ValueError("labels need the whole sequence from its first token (the loss is computed per "
-                                 "chunk); call without a filled past_key_values.")
+                                 "chunk); call without a filled cache.")
 
         starts = None
         if cache is not None:
@@ -594,7 +593,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             hidden = self._rotate(hidden, starts, inverse=True)
             all_hidden = tuple(self._rotate(h, starts, inverse=True) for h in all_hidden) if all_hidden else None
         logits = self.lm_head(kept_positions(hidden, logits_to_keep))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache, hidden_states=all_hidden)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache, hidden_states=all_hidden)
 
 
 __all__ = [

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from .zoo_compat import CACHE_NAMES, accepts_every_cache_name
+
 # `from .x import y` / `from ..pkg.x import y`: the only imports of our own code a model file may use.
 _RELATIVE_IMPORT = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<dots>\.+)(?P<module>[\w.]*)[ \t]+import\b", re.MULTILINE)
 
@@ -88,9 +90,20 @@ class ZooPreTrainedModel(PreTrainedModel):
       is not installed. ``_auto_map_classes`` maps Auto class names to class names of the same modeling module.
     * ``from_pretrained`` refuses checkpoints whose tensors do not match the config instead of silently
       initialising the missing ones (pass ``strict=False`` to get the transformers behaviour back).
+    * Every subclass's ``forward`` and ``prepare_inputs_for_generation`` take the cache as ``cache`` and also as
+      ``past_key_values``/``cache_params``, so ``generate`` works under both transformers conventions (see
+      ``zoo_compat``).
     """
 
     _auto_map_classes: dict[str, str] = {}
+    # accelerate must not move the cache between devices, whichever name it travels under.
+    _skip_keys_device_placement = list(CACHE_NAMES)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "prepare_inputs_for_generation"):
+            if name in cls.__dict__:
+                setattr(cls, name, accepts_every_cache_name(cls.__dict__[name]))
 
     @classmethod
     def _remote_code_files(cls) -> list[Path]:
@@ -170,8 +183,8 @@ def embed_inputs(
     return embeddings(input_ids)
 
 
-def resolve_cache(model: PreTrainedModel, past_key_values, use_cache: bool | None, cache_class: type, state: str):
-    """The cache a forward pass uses: `None` without caching, else `past_key_values` or a new `cache_class(config)`.
+def resolve_cache(model: PreTrainedModel, cache, use_cache: bool | None, cache_class: type, state: str):
+    """The cache a forward pass uses: `None` without caching, else `cache` or a new `cache_class(config)`.
 
     Caching is off during training with gradient checkpointing. A cache of another class is refused (`state` says
     what it could not hold), since silently starting over would drop the model's memory.
@@ -179,15 +192,15 @@ def resolve_cache(model: PreTrainedModel, past_key_values, use_cache: bool | Non
     use_cache = use_cache if use_cache is not None else model.config.use_cache
     if getattr(model, "gradient_checkpointing", False) and model.training:
         use_cache = False
-    if past_key_values is not None and not isinstance(past_key_values, cache_class):
+    if cache is not None and not isinstance(cache, cache_class):
         raise TypeError(
-            f"{type(model).__name__} needs a {cache_class.__name__}, got {type(past_key_values).__name__}: a key/value "
-            f"cache cannot hold {state}. Pass past_key_values=None (a {cache_class.__name__} is created) or reuse the "
+            f"{type(model).__name__} needs a {cache_class.__name__}, got {type(cache).__name__}: a key/value "
+            f"cache cannot hold {state}. Pass cache=None (a {cache_class.__name__} is created) or reuse the "
             "cache returned by a previous call."
         )
     if not use_cache:
         return None
-    return past_key_values if past_key_values is not None else cache_class(model.config)
+    return cache if cache is not None else cache_class(model.config)
 
 
 def kept_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
