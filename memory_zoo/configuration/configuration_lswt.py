@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import check_activation, check_integers
+from .zoo_config import KEYS_TO_IGNORE_AT_INFERENCE, check_activation, check_integers
 
 
 class LSWTConfig(PretrainedConfig):
@@ -74,7 +74,7 @@ class LSWTConfig(PretrainedConfig):
     """
 
     model_type = "lswt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
     attribute_map = {"d_model": "hidden_size", "d_vocab": "embedding_size", "d_ffn": "intermediate_size",
                      "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers", "n_registers": "num_registers",
                      "rope_positions": "max_position_embeddings"}

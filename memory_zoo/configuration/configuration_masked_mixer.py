@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import KERNEL_REVISION, check_activation, check_integers, default_kernel_repo
+from .zoo_config import (
+    KERNEL_REVISION,
+    KEYS_TO_IGNORE_AT_INFERENCE,
+    check_activation,
+    check_integers,
+    default_kernel_repo,
+)
 
 
 class MaskedMixerConfig(PretrainedConfig):
@@ -75,7 +81,7 @@ class MaskedMixerConfig(PretrainedConfig):
     """
 
     model_type = "masked_mixer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
     def __init__(
         self,

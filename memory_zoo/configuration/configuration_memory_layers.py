@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
+from .zoo_config import KERNEL_REVISION, KEYS_TO_IGNORE_AT_INFERENCE, check_integers, default_kernel_repo
 
 VALUE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -73,7 +73,7 @@ class MemoryLayersConfig(PretrainedConfig):
     """
 
     model_type = "memory_layers"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .zoo_config import KERNEL_REVISION, check_integers, default_kernel_repo
+from .zoo_config import KERNEL_REVISION, KEYS_TO_IGNORE_AT_INFERENCE, check_integers, default_kernel_repo
 
 FEATURE_EXTRACTORS = ("linearconv", "lowrlinearconv")
 LONG_CONTEXT_MODES = ("extend", "crop")
@@ -91,7 +91,7 @@ class MemoryMosaicsConfig(PretrainedConfig):
     """
 
     model_type = "memory_mosaics"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
     attribute_map = {"n_embd": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers"}
 
     def __init__(

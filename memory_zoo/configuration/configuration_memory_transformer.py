@@ -10,7 +10,7 @@ from .zoo_versions import SUPPORTED_RANGE  # noqa: F401
 from transformers import LlamaConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .zoo_config import check_integers
+from .zoo_config import KEYS_TO_IGNORE_AT_INFERENCE, check_integers
 
 
 def research_llama_config(hidden_size: int, num_hidden_layers: int, num_attention_heads: int = 4,
@@ -253,7 +253,7 @@ class VariableMemoryTransformerConfig(_TransformerCompressionConfig):
     """
 
     model_type = "variable_memory_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
     def __init__(
         self,

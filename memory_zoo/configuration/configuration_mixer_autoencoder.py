@@ -10,7 +10,13 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from .configuration_masked_mixer import MaskedMixerConfig
-from .zoo_config import KERNEL_REVISION, check_activation, check_integers, default_kernel_repo
+from .zoo_config import (
+    KERNEL_REVISION,
+    KEYS_TO_IGNORE_AT_INFERENCE,
+    check_activation,
+    check_integers,
+    default_kernel_repo,
+)
 
 DECODER_INPUTS = ("unroll", "repeat")
 COMBINATIONS = ("token", "embedding")
@@ -245,7 +251,7 @@ class VariableMemoryMixerConfig(_CompressionConfig):
     """
 
     model_type = "variable_memory_mixer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
     def __init__(
         self,
@@ -381,7 +387,7 @@ class MemoryMixerConfig(_CompressionConfig):
     """
 
     model_type = "memory_mixer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
     def __init__(
         self,

@@ -13,6 +13,9 @@ from .zoo_versions import SUPPORTED_RANGE  # noqa: F401  (the import refuses an 
 KERNEL_ORGANIZATION = "memory-zoo"
 KERNEL_REVISION = "v1"
 
+# Output keys the Trainer leaves out of evaluation logits: the cache, under its name before and since transformers 5.24.
+KEYS_TO_IGNORE_AT_INFERENCE = ["cache", "past_key_values"]
+
 
 def default_kernel_repo(name: str) -> str:
     """The default Hub repository of the kernel `memory_zoo/hub_kernels/<name>` (e.g. "memory-zoo/masked-mixing")."""
@@ -35,4 +38,4 @@ def check_activation(config: object, name: str = "hidden_act") -> None:
         raise ValueError(f"Unknown {name} {value!r}; choose one of {sorted(ACT2FN)}.")
 
 
-__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "check_activation", "check_integers", "default_kernel_repo"]
+__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "KEYS_TO_IGNORE_AT_INFERENCE", "check_activation", "check_integers", "default_kernel_repo"]
