@@ -45,6 +45,7 @@ from memory_zoo import (  # noqa: E402
     VariableMemoryMixerConfig,
     VariableMemoryMixerForCausalLM,
 )
+from memory_zoo.modeling.zoo_compat import CACHE_NAME  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHITECTURES = ("masked-mixer", "memory-mosaics", "memory-layers", "lswt", "variable-memory-mixer")
@@ -166,8 +167,9 @@ def bench_context(args: argparse.Namespace, context: int) -> dict:
         # Warm-up of each mode; the cached one also reports the cache it built.
         out = model.generate(input_ids, use_cache=True, return_dict_in_generate=True, **gen_kwargs)
         reference = out.sequences
-        cache_total = cache_bytes(out.past_key_values)
-        cache_length = out.past_key_values.get_seq_length()
+        cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24, `past_key_values` before
+        cache_total = cache_bytes(cache)
+        cache_length = cache.get_seq_length()
         del out
         _, uncached_warm = run(False)
         identical = torch.equal(reference, uncached_warm)

@@ -43,6 +43,8 @@ from scoreboard_models import (  # noqa: E402
     width_for,
 )
 
+from memory_zoo.modeling.zoo_compat import CACHE_NAME  # noqa: E402
+
 CHUNKED = {"variable_memory_mixer", "memory_mixer", "variable_memory_transformer"}
 
 # Values used when a flag is not given, per scale; explicit flags win.
@@ -209,7 +211,7 @@ def measure(cell: dict) -> dict:
         out = generate(new, return_dict_in_generate=True)
         warmup = time.perf_counter() - start
         peak = read_peak(method) - baseline
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24, `past_key_values` before
         cache_total = tensor_bytes(cache)
         cache_positions = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
         generated = out.sequences.shape[1] - ids.shape[1]

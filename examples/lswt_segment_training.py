@@ -45,9 +45,9 @@ def score(model: LSWTForCausalLM, data: torch.Tensor, segment: int, memory: int 
             chunk = data[:, start:start + segment + 1]
             if chunk.shape[1] < 2:
                 break
-            out = model(chunk[:, :-1], past_key_values=cache if memory is not None else None,
+            out = model(chunk[:, :-1], cache=cache if memory is not None else None,
                         use_cache=memory is not None, max_key_values=memory)
-            cache = out.past_key_values
+            cache = out.cache
             loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
             total, count = total + loss.item(), count + chunk[:, 1:].numel()
     return total / max(count, 1)
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
         if position + args.segment + 1 > train.shape[1]:  # end of the streams: start over with an empty memory
             position, cache = 0, None
         chunk = train[:, position:position + args.segment + 1]
-        out = model(chunk[:, :-1], labels=None, past_key_values=cache, use_cache=True)
+        out = model(chunk[:, :-1], labels=None, cache=cache, use_cache=True)
         loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), chunk[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        cache = out.past_key_values.detach()  # carried to the next segment, without its graph
+        cache = out.cache.detach()  # carried to the next segment, without its graph
         position += args.segment
         losses.append(loss.item())
         if step % 50 == 0 or step == args.steps - 1:
