@@ -1,6 +1,6 @@
 """Run in a fresh process where memory_zoo cannot be imported: load a saved causal LM as remote code, as a user would.
 
-Usage: python contract_probe.py MODEL_DIR. Prints one JSON line: what loaded, the logits and generations it produced
+Usage: python contract_probe.py MODEL_DIR RESAVE_DIR. Prints one JSON line: what loaded, the logits and generations it produced
 (compared by the caller with the saving process), and every warning or log record of level WARNING and above that
 transformers or the model code emitted along the way.
 """
@@ -32,7 +32,7 @@ with warnings.catch_warnings(record=True) as caught:
         logger.addHandler(Collect(level=logging.WARNING))
     hf_logging.set_verbosity_warning()
 
-    model_dir = sys.argv[1]
+    model_dir, resave_dir = sys.argv[1], sys.argv[2]
     try:
         import memory_zoo  # noqa: F401
 
@@ -53,6 +53,9 @@ with warnings.catch_warnings(record=True) as caught:
         uncached = model.generate(prompt, use_cache=False, **settings)
     generator = pipeline("text-generation", model=model_dir, trust_remote_code=True)
     text = generator("The quick", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+    model.save_pretrained(resave_dir)  # the remote-code model saves itself again, code included
+    with torch.no_grad():
+        again = AutoModelForCausalLM.from_pretrained(resave_dir, trust_remote_code=True).eval()(probe["input_ids"])
 
 print(json.dumps({
     "blocked": blocked,
@@ -63,5 +66,6 @@ print(json.dumps({
     "cached_equals_saved": bool(torch.equal(cached, probe["generated"])),
     "cached_equals_uncached": bool(torch.equal(cached, uncached)),
     "pipeline_text": text,
+    "resaved_max_diff": (again.logits - probe["logits"]).abs().max().item(),
     "warnings": [f"{w.category.__name__}: {w.message}" for w in caught] + records,
 }))

@@ -291,7 +291,8 @@ def test_generation_past_context(architecture):
 @pytest.mark.parametrize("architecture", CAUSAL_LMS)
 def test_remote_code_load(architecture, tmp_path):
     """The saved folder loads where memory-zoo cannot be imported (AutoConfig, AutoModel, AutoModelForCausalLM,
-    pipeline), gives the same logits and generations, and prints no warning."""
+    pipeline), gives the same logits and generations, saves itself again with the same code, and prints no
+    warning."""
     case, model = case_of(architecture), build(architecture)
     tokenizer = train_tokenizer(vocab_size=90)
     model_dir = tmp_path / "model"
@@ -307,7 +308,8 @@ def test_remote_code_load(architecture, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, str(PROBE), str(model_dir)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(PROBE), str(model_dir), str(tmp_path / "resaved")],
+                            capture_output=True, text=True,
                             cwd=Path(__file__).parent, env=env, timeout=600)
     assert result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1] + "\n" + result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -316,6 +318,11 @@ def test_remote_code_load(architecture, tmp_path):
     assert report["logits_max_diff"] <= 1e-5
     assert report["cached_equals_saved"] and report["cached_equals_uncached"]
     assert report["pipeline_text"].startswith("The quick")
+    assert report["resaved_max_diff"] <= 1e-5
+    code = sorted(path.name for path in model_dir.glob("*.py"))
+    assert code == sorted(path.name for path in (tmp_path / "resaved").glob("*.py"))
+    for name in code:
+        assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
     assert report["warnings"] == []
 
 

@@ -127,41 +127,6 @@ def test_loss_is_shifted_mean_cross_entropy():
     torch.testing.assert_close(out.loss, expected)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"do_sample": False},
-    {"do_sample": False, "num_beams": 3},
-    {"do_sample": True, "top_k": 20, "num_return_sequences": 2},
-], ids=["greedy", "beam", "sample"])
-def test_generate_with_and_without_cache_agree(model, kwargs):
-    prompt = ids(2, 5)
-    results = []
-    for use_cache in (True, False):
-        torch.manual_seed(0)
-        results.append(model.generate(prompt, max_new_tokens=10, min_new_tokens=10, use_cache=use_cache,
-                                      pad_token_id=0, **kwargs))
-    assert torch.equal(results[0], results[1])
-    assert results[0].shape[-1] == 15
-
-
-def test_left_padded_batched_generation_matches_single_rows(model):
-    rows = [ids(1, 7, seed=6)[0], ids(1, 3, seed=7)[0]]
-    batch, mask = left_pad(rows, 7)
-    out = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                         pad_token_id=0)
-    for i, row in enumerate(rows):
-        alone = model.generate(row[None], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
-        assert torch.equal(out[i, 7:], alone[0, len(row):])
-
-
-def test_generation_past_context_raises():
-    model = tiny_model()
-    with pytest.raises(ValueError, match="fixed context of 24"):
-        model.generate(ids(1, 20), max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
-    # exactly filling the context is fine: the last token comes from the logits at position L - 2
-    out = model.generate(ids(1, 20), max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert out.shape[-1] == 24
-
-
 def test_cache_supports_beam_reorder_crop_and_select():
     model = tiny_model(mixing_expanded=True)
     x = ids(3, 8)

@@ -44,22 +44,6 @@ def test_cached_decoding_equals_full_forward_and_generate_matches(variant):
         assert torch.equal(cached, model.generate(input_ids[:, :4], use_cache=False, **settings, **extra))
 
 
-def test_left_padded_rows_match_rows_run_alone_including_generation():
-    model = tiny_memory_layers(**MEMORY_LAYERS_VARIANTS["gated_vdim_gqa"])
-    rows = [torch.randint(3, 300, (1, n)) for n in (9, 4)]
-    batch = torch.zeros(2, 9, dtype=torch.long)
-    mask = torch.zeros(2, 9, dtype=torch.long)
-    for i, row in enumerate(rows):
-        batch[i, 9 - row.shape[1]:], mask[i, 9 - row.shape[1]:] = row[0], 1
-    logits = model(batch, attention_mask=mask).logits
-    settings = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)
-    together = model.generate(batch, attention_mask=mask, **settings)
-    for i, row in enumerate(rows):
-        n = row.shape[1]
-        torch.testing.assert_close(logits[i, 9 - n:], model(row).logits[0], atol=1e-5, rtol=1e-5)
-        assert torch.equal(together[i, 9 - n:], model.generate(row, **settings)[0])
-
-
 def test_shared_value_table_is_one_tensor_saved_once(tmp_path):
     model = tiny_memory_layers(memory_layers=[0, 1, 3])
     tables = [m for m in model.modules() if type(m).__name__ == "MemoryLayersValueTable"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import MOSAICS_VARIANTS, tiny_mosaics, tiny_mosaics_config
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
 from memory_zoo import MemoryMosaicsCache, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
 from memory_zoo.modeling.modeling_memory_mosaics import leaky_average
@@ -75,23 +75,6 @@ def test_cached_decoding_equals_full_forward(variant):
         assert isinstance(cache, MemoryMosaicsCache) and cache.get_seq_length() == 30
 
 
-@pytest.mark.parametrize("variant", ["default", "linearconv_values"])
-def test_generate_with_and_without_cache_gives_the_same_tokens(variant):
-    model = tiny_mosaics(**MOSAICS_VARIANTS[variant])
-    prompt = torch.randint(3, 300, (2, 6))
-    settings = dict(max_new_tokens=30, min_new_tokens=30, pad_token_id=0)
-    greedy = model.generate(prompt, do_sample=False, **settings)
-    assert torch.equal(greedy, model.generate(prompt, do_sample=False, use_cache=False, **settings))
-    beams = model.generate(prompt, num_beams=3, do_sample=False, **settings)
-    assert torch.equal(beams, model.generate(prompt, num_beams=3, do_sample=False, use_cache=False, **settings))
-    sampled = []
-    for use_cache in (True, False):
-        torch.manual_seed(7)
-        sampled.append(model.generate(prompt, do_sample=True, top_k=20, num_return_sequences=2, use_cache=use_cache,
-                                      **settings))
-    assert torch.equal(*sampled)
-
-
 def test_crop_mode_reproduces_the_research_sliding_window():
     """long_context='crop': each new token is predicted from the last block_size tokens only."""
     model = tiny_mosaics(long_context="crop", block_size=8)
@@ -144,25 +127,6 @@ def test_padded_rows_match_unpadded_rows(variant):
         torch.testing.assert_close(left_logits[i, width - n:], expected, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(right_logits[i, :n], expected, atol=2e-5, rtol=1e-4)
         assert torch.isfinite(left_logits[i]).all() and torch.isfinite(right_logits[i]).all()
-
-
-def test_left_padded_batch_generation_equals_one_by_one():
-    model = tiny_mosaics()
-    prompts = [torch.randint(3, 300, (1, n)) for n in (9, 4)]
-    batch = torch.zeros(2, 9, dtype=torch.long)
-    mask = torch.zeros(2, 9, dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        batch[i, 9 - prompt.shape[1]:], mask[i, 9 - prompt.shape[1]:] = prompt[0], 1
-    settings = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
-    together = model.generate(batch, attention_mask=mask, **settings)
-    for i, prompt in enumerate(prompts):
-        alone = model.generate(prompt, **settings)
-        assert torch.equal(together[i, 9 - prompt.shape[1]:], alone[0])
-    # and decoding a padded cache token by token matches the padded full forward
-    full_mask = torch.cat([mask, torch.ones(2, 20, dtype=torch.long)], 1)
-    full = model(together, attention_mask=full_mask).logits
-    logits = decode_in_pieces_with_mask(model, together, full_mask, [9] + [1] * 20)
-    torch.testing.assert_close(logits[full_mask.bool()], full[full_mask.bool()], atol=2e-5, rtol=1e-4)
 
 
 def decode_in_pieces_with_mask(model, input_ids, mask, pieces):
@@ -286,15 +250,6 @@ def test_config_validation_names_the_fix():
     with pytest.raises(ValueError, match="value_shift must be a non-negative integer"):
         MemoryMosaicsConfig(value_shift=-1)
     assert MemoryMosaicsConfig(n_embd=64, n_head=4).hidden_size == 64  # research names are aliases
-
-
-def test_save_load_round_trip_and_auto_classes(tmp_path):
-    model = tiny_mosaics(**MOSAICS_VARIANTS["linearconv_values"])
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is MemoryMosaicsForCausalLM
-    input_ids = torch.randint(3, 300, (1, 11))
-    torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, atol=0, rtol=0)
 
 
 def test_half_precision_forward_and_decoding_are_finite():

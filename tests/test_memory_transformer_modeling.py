@@ -238,41 +238,6 @@ def test_padding_gives_each_row_its_own_outputs(memory_model):
     torch.testing.assert_close(padded_loss, alone_loss, atol=ATOL, rtol=0)
 
 
-GENERATION_MODES = {
-    "greedy": dict(do_sample=False),
-    "beam": dict(do_sample=False, num_beams=3),
-    "sampling": dict(do_sample=True, top_k=20, num_return_sequences=3),
-}
-
-
-@pytest.mark.parametrize("mode", sorted(GENERATION_MODES))
-def test_generation_with_and_without_cache_is_identical_across_chunks(memory_model, mode):
-    prompt = ids(2, 6)  # generation crosses the chunk boundaries at 8 and 12
-    results = []
-    for use_cache in (True, False):
-        torch.manual_seed(0)
-        results.append(memory_model.generate(prompt, max_new_tokens=10, min_new_tokens=10, use_cache=use_cache,
-                                             **GENERATION_MODES[mode]))
-    assert results[0].shape[-1] == 16
-    assert torch.equal(results[0], results[1])
-
-
-def test_left_padded_batched_generation_without_cache_matches_single_rows():
-    model = tiny_memory_transformer()
-    rows = [ids(1, 7, seed=4)[0], ids(1, 3, seed=5)[0]]
-    batch = torch.zeros(2, 7, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for i, row in enumerate(rows):
-        batch[i, 7 - len(row):], mask[i, 7 - len(row):] = row, 1
-    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                         use_cache=False)
-    for i, row in enumerate(rows):
-        alone = model.generate(row[None], max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        assert torch.equal(out[i, 7 - len(row):], alone[0])
-    with pytest.raises(ValueError, match="keeps no cache for padded rows"):
-        model.generate(batch, attention_mask=mask, max_new_tokens=2, do_sample=False)
-
-
 def test_cache_reorders_repeats_and_selects_batch_rows():
     model = tiny_memory_transformer()
     x = ids(2, 10)

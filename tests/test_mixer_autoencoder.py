@@ -266,35 +266,6 @@ def tiny_memory_token_mixer(**overrides) -> MemoryMixerForCausalLM:
     return MemoryMixerForCausalLM(MemoryMixerConfig(**{**settings, **overrides})).eval()
 
 
-GENERATORS = {
-    "variable_memory": tiny_memory_mixer,
-    "variable_memory_encoder_context": lambda: tiny_memory_mixer(encoder_context=9, compression=1),
-    "memory_token": tiny_memory_token_mixer,
-    "memory_embedding": lambda: tiny_memory_token_mixer(combination="embedding"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(GENERATORS))
-@pytest.mark.parametrize("mode", ["greedy", "beam", "sample"])
-def test_generation_across_chunks_is_identical_with_and_without_cache(name, mode):
-    model = GENERATORS[name]()
-    prompt = torch.randint(1, 60, (2, 5))
-    kwargs = {"greedy": {"do_sample": False}, "beam": {"num_beams": 3, "do_sample": False},
-              "sample": {"do_sample": True, "num_return_sequences": 2}}[mode]
-    outputs = []
-    for use_cache in (True, False):
-        torch.manual_seed(1)
-        outputs.append(model.generate(prompt, max_new_tokens=18, min_new_tokens=18, pad_token_id=0,
-                                      use_cache=use_cache, **kwargs))
-    assert outputs[0].shape[1] == 23  # four chunks of 6: three memories were written on the way
-    assert torch.equal(outputs[0], outputs[1])
-    with torch.no_grad():  # and the generated text scores the same in one parallel forward
-        full = model(outputs[0]).logits
-        step = model(outputs[0][:, :-1], use_cache=True)
-        last = model(outputs[0][:, -1:], past_key_values=step.past_key_values, use_cache=True).logits
-    torch.testing.assert_close(last[:, -1], full[:, -1], atol=1e-5, rtol=0)
-
-
 def test_memory_model_is_causal_across_chunks_and_accepts_partial_chunks():
     model = tiny_memory_mixer()
     ids = torch.randint(1, 60, (2, 24))
