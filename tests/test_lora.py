@@ -25,6 +25,9 @@ from memory_zoo import (
 from memory_zoo import lora as lora_module
 from memory_zoo.lora import LORA_TARGET_MODULES, lora_config
 
+# LoRA on our models prints no deprecation warning on any supported transformers (PEFT reads is_gradient_checkpointing).
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning")
+
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.lora import LoraLayer  # noqa: E402

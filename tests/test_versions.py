@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -91,3 +92,43 @@ def test_cache_arguments_fold_to_one_name():
     assert zoo_compat.take_cache_argument({"cache": marker}, "past_key_values") == {"past_key_values": marker}
     with pytest.raises(ValueError, match="passed twice"):
         zoo_compat.take_cache_argument({"cache": marker, "past_key_values": marker})
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_constraints_pin_every_requirement_and_a_proven_transformers():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    options = setup["options"]
+    requirements = options["install_requires"].splitlines() + setup["options.extras_require"]["test"].splitlines()
+    names = {re.split(r"[<>=!\[; ]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+             for line in requirements if line.strip() and not line.strip().startswith("#")}
+    pins = _constraints()
+    assert names <= set(pins), f"not pinned in constraints.txt: {sorted(names - set(pins))}"
+    pinned = zoo_versions.release_of(pins["transformers"])
+    assert zoo_versions.OLDEST_SUPPORTED <= pinned <= zoo_versions.NEWEST_PROVEN
+
+
+def test_readme_commands_and_ci_install_from_the_constraints():
+    readme = (ROOT / "README.md").read_text()
+    test_command = 'pip install torch==2.13.0 && pip install -e ".[test]" -c constraints.txt && python -m pytest -q'
+    assert "pip install torch==2.13.0 && pip install -e . -c constraints.txt && python examples/quickstart.py" in readme
+    assert test_command in readme
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == test_command  # CI ends with exactly the README's test command
+    assert any("compat_matrix.py --newest-only" in line for line in ci)  # after the contract on the newest release
+
+
+def test_readme_shows_the_last_matrix_run():
+    """The README's table is benchmarks/results/compat_matrix.md, as benchmarks/compat_matrix.py last wrote it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- compat-matrix -->\n", 1)[1].split("<!-- /compat-matrix -->", 1)[0]
+    assert block.strip() == (ROOT / "benchmarks" / "results" / "compat_matrix.md").read_text().strip()
+    assert "**cases passed per version**" in block

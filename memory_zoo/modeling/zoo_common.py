@@ -109,6 +109,12 @@ class ZooPreTrainedModel(PreTrainedModel):
     def _remote_code_files(cls) -> list[Path]:
         return [Path(sys.modules[cls.__module__].__file__), Path(sys.modules[cls.config_class.__module__].__file__)]
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether activation checkpointing is on, under the name transformers < 5.23 used (later releases warn on
+        it; PEFT, and so every LoRA set-up, still reads it). The same test transformers makes, without the warning."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         modeling_module = type(self).__module__.rsplit(".", 1)[-1]
         config_module = self.config_class.__module__.rsplit(".", 1)[-1]
