@@ -289,6 +289,29 @@ def test_generation_past_context(architecture):
 
 
 @pytest.mark.parametrize("architecture", CAUSAL_LMS)
+def test_cli_generate(architecture, tmp_path, capsys):
+    """`memory-zoo generate DIR PROMPT` prints the greedy continuation, the same with and without the cache."""
+    from memory_zoo.cli import main as cli_main
+
+    case, model = case_of(architecture), build(architecture)
+    tokenizer = train_tokenizer(vocab_size=90)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    _, new_tokens = prompt_and_length(case, prompt_length=4, wanted=8)
+    prompt = "The quick brown fox"
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+    printed = []
+    with no_warnings_printed():
+        for extra in ([], ["--no-cache"]):
+            assert cli_main(["generate", str(tmp_path), prompt, "--max-new-tokens", str(new_tokens), *extra]) in (0, None)
+            printed.append(capsys.readouterr().out.strip())
+    assert printed[0] == printed[1] == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("architecture", CAUSAL_LMS)
 def test_remote_code_load(architecture, tmp_path):
     """The saved folder loads where memory-zoo cannot be imported (AutoConfig, AutoModel, AutoModelForCausalLM,
     pipeline), gives the same logits and generations, saves itself again with the same code, and prints no
