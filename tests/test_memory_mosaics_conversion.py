@@ -182,7 +182,7 @@ def test_pickles_that_need_code_are_refused_without_running_it(tmp_path):
 
     state_dict, model_args, _ = fixture("default")
     torch.save({"model": state_dict, "model_args": model_args, "extra": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ConversionError, match="Refusing to read .*could run code"):
+    with pytest.raises(ConversionError, match="Refused to read .*could run code"):
         convert("memory-mosaics", tmp_path / "evil.pt", tmp_path / "out")
     assert not marker.exists()
     # a Namespace instead of vars(args) is refused the same way, with the fix in the message

@@ -19,6 +19,7 @@ from ..modeling.modeling_mixer_autoencoder import MixerAutoencoderModel
 from ..modeling.modeling_retrieval_mixer import RetrievalMixerModel
 from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder, retrieval_mixer
 from .common import (
+    CheckpointRefused,
     ConversionError,
     checkpoint_digest,
     find_checkpoint_file,
@@ -212,4 +213,4 @@ def _candidate_scores(model, tensors: dict, reference) -> tuple[torch.Tensor, to
     return scores, expected, {"rows": int(scores.shape[0])}
 
 
-__all__ = ["ConversionError", "DTYPES", "SOURCES", "check_reference", "convert", "load_state_dict"]
+__all__ = ["CheckpointRefused", "ConversionError", "DTYPES", "SOURCES", "check_reference", "convert", "load_state_dict"]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from collections.abc import Iterable
@@ -63,13 +64,17 @@ def load_checkpoint(path: str | os.PathLike) -> object:
             return load_file(str(file), device="cpu")
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's weights-only loader refuses before anything runs; its message says what it met.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if found:
-            raise ConversionError(
-                f"Refusing to read {file}: it pickles {found[1]}, not only tensors and plain Python values, and loading "
-                "it could run code from the file. Re-save it from the research environment as "
-                "{'model': model.state_dict(), 'model_args': vars(args)} (or as safetensors) and convert that."
-            ) from None
+            raise _refusal(file, f"pickles {found[1]}, not only tensors and plain Python values") from None
+        # An "unsupported operand" that is no pickle instruction at all means the bytes are not a pickle (damaged).
+        operand = re.search(r"Unsupported operand (\d+)", str(error))
+        a_pickle = operand is None or chr(int(operand[1])) in _PICKLE_OPCODES
+        if a_pickle and "Weights only load failed" in str(error):
+            reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line
+                           or "Trying to" in line or "Can only" in line), "it needs more than tensors")
+            raise _refusal(file, f"needs more than tensors and plain values ({reason})") from None
         raise ConversionError(f"Could not read {file}: the file is damaged or not a checkpoint (torch could not "
                               "unpickle it); copy it again from the training run.") from None
     except Exception as error:  # safetensors and torch raise many types for damaged files
@@ -105,25 +110,57 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return strip_wrapper_prefixes(state_dict)
 
 
-# Globals a torch.distributed.checkpoint `.metadata` pickle may reference (checked on torch 2.13).
-_METADATA_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
-_METADATA_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-                     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+# Exactly the globals a torch.distributed.checkpoint `.metadata` pickle references (recorded on torch 2.13 from
+# checkpoints with float, bfloat16, float16 and integer tensors and non-tensor items). Names are matched whole: a name
+# with a dot would make pickle walk attributes from the module (`filesystem` imports `os`: "os.system" would reach
+# it), so no module is admitted as a whole.
+_METADATA_GLOBALS = frozenset({
+    ("torch.distributed.checkpoint.metadata", "Metadata"),
+    ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+    ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+    ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+    ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+    ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+})
+_TORCH_CONSTANTS = (torch.dtype, torch.layout, torch.memory_format)
+_PICKLE_OPCODES = frozenset(opcode.code for opcode in pickletools.opcodes)
+
+
+class CheckpointRefused(ConversionError):
+    """A checkpoint file was refused unread: loading it could have run code from the file. Nothing from it ran."""
+
+
+def _refusal(file: Path, what: str) -> CheckpointRefused:
+    return CheckpointRefused(
+        f"Refused to read {file}: it {what}, which a checkpoint of tensors never needs, and unpickling it could run "
+        "code from the file (nothing from it was run). Re-save it where it was trained, if you trust its origin, with "
+        "plain tensors and values only (safetensors, or torch.save({'model': model.state_dict(), 'model_args': "
+        "vars(args)})), and convert that."
+    )
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles checkpoint metadata and nothing else (no arbitrary callables from the file)."""
+    """Unpickles torch.distributed.checkpoint metadata and nothing else: exact (module, name) pairs from a list, torch
+    dtype/layout/memory-format constants, no persistent ids. Everything else is refused before it is looked up."""
+
+    def __init__(self, handle, file: Path):
+        super().__init__(handle)
+        self.file = file
 
     def find_class(self, module: str, name: str):
-        if module in _METADATA_MODULES or (module, name) in _METADATA_GLOBALS:
+        if (module, name) in _METADATA_GLOBALS:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
-            return getattr(torch, name)
-        raise ConversionError(
-            f"Refusing to read the checkpoint metadata: it references {module}.{name}, which a "
-            "torch.distributed.checkpoint .metadata file never needs (it could run code). Consolidate the checkpoint "
-            "with the research code and convert the consolidated weights file instead."
-        )
+        if module == "torch" and name.isidentifier() and isinstance(vars(torch).get(name), _TORCH_CONSTANTS):
+            return vars(torch)[name]
+        raise _refusal(self.file, f"references {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise _refusal(self.file, "holds a persistent id (an external object reference)")
 
 
 def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
@@ -136,12 +173,16 @@ def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
-            with open(Path(self.path) / ".metadata", "rb") as handle:
-                metadata = _MetadataUnpickler(handle).load()
+            file = Path(self.path) / ".metadata"
+            with open(file, "rb") as handle:
+                metadata = _MetadataUnpickler(handle, file).load()
+            if not isinstance(metadata, Metadata):
+                raise ConversionError(f"Could not read {file}: it holds a {type(metadata).__name__}, not checkpoint "
+                                      "metadata. The distributed checkpoint is damaged or incomplete.")
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
