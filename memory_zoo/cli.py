@@ -31,7 +31,8 @@ def _convert(args: argparse.Namespace) -> None:
     from .conversion import convert
 
     model = convert(args.source, args.checkpoint, args.output_dir, config=args.config, dtype=args.dtype,
-                    tokenizer=args.tokenizer, reference=args.reference, research_commit=args.research_commit)
+                    tokenizer=args.tokenizer, reference=args.reference, research_commit=args.research_commit,
+                    overwrite=args.overwrite)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"Converted {args.source} checkpoint {args.checkpoint} -> {args.output_dir} "
           f"({type(model).__name__}, {parameters:,} parameters, {args.dtype}).")
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "difference is recorded in conversion.json")
     convert.add_argument("--research-commit", metavar="SHA",
                          help="commit of the research code the checkpoint was trained with (recorded)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace the contents of a non-empty OUTPUT_DIR (by default it is refused)")
     convert.set_defaults(func=_convert)
 
     generate = commands.add_parser("generate", help="generate text from a model folder")

@@ -21,11 +21,13 @@ from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transfor
 from .common import (
     CheckpointRefused,
     ConversionError,
+    check_output_folder,
     checkpoint_digest,
     find_checkpoint_file,
     load_research_config,
     load_state_dict,
     logger,
+    staged_folder,
 )
 
 
@@ -78,6 +80,7 @@ def convert(
     reference: str | os.PathLike | None = None,
     research_commit: str | None = None,
     tolerance: float = 1e-5,
+    overwrite: bool = False,
 ):
     """Convert the research checkpoint at ``checkpoint`` and save it (weights, config, remote code) to ``output_dir``.
 
@@ -86,12 +89,17 @@ def convert(
     file of outputs the research code produced for this checkpoint (``input_ids`` and ``logits``): the converted
     model must reproduce them within ``tolerance`` (float32), and the measured difference is recorded in
     ``conversion.json`` (and so on the model card) with ``research_commit``. Returns the converted model.
+
+    ``output_dir`` must be new or empty unless ``overwrite``; the model is written to a temporary sibling folder and
+    moved into place at the end, so a failed or interrupted conversion leaves ``output_dir`` as it was.
     """
     if source not in SOURCES:
         raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
     if dtype not in DTYPES:
         raise ConversionError(f"Unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}.")
     repository, convert_checkpoint, model_class = SOURCES[source]
+    output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite, [checkpoint, config, tokenizer, reference])
     research_config = config if isinstance(config, dict) else load_research_config(config)
     # a weights file, or a folder: one holding such a file, or a checkpoint made of several files (distributed)
     weights_file = find_checkpoint_file(checkpoint) if source in _SINGLE_FILE_SOURCES else Path(checkpoint)
@@ -128,10 +136,6 @@ def convert(
     if getattr(model_config, "memory_value_dtype", None):  # value tables were cast with the rest
         model_config.memory_value_dtype = dtype
 
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    if tok is not None:
-        tok.save_pretrained(output_dir)
     info = {
         "source": source,
         "research_repository": repository,
@@ -145,7 +149,11 @@ def convert(
     }
     if parity is not None:
         info["parity"] = parity
-    (output_dir / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    with staged_folder(output_dir) as staging:
+        model.save_pretrained(staging)
+        if tok is not None:
+            tok.save_pretrained(staging)
+        (staging / "conversion.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     for note in notes:
         logger.info("%s", note)
     return model

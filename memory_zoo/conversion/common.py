@@ -9,8 +9,11 @@ import os
 import pickle
 import pickletools
 import re
+import shutil
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -210,6 +213,57 @@ def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
         raise ConversionError(f"Could not read the tensors of {folder}: {type(error).__name__}: {error}. A shard file "
                               "(__<rank>_0.distcp) is missing or damaged.") from error
     return state["model"]
+
+
+def check_output_folder(output_dir: Path, overwrite: bool, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output folder that is a file, that holds one of the ``inputs`` (replacing it would delete them), or
+    that already holds files, unless ``overwrite``."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"{output_dir} is a file: choose a folder to write the converted model to.")
+    target = output_dir.resolve()
+    for given in inputs:
+        if given is None or isinstance(given, dict):
+            continue
+        path = Path(given).resolve()
+        if path == target or target in path.parents:
+            raise ConversionError(f"The output folder {output_dir} holds the input {given}: replacing the folder would "
+                                  "delete it. Write the converted model to another folder.")
+    if output_dir.is_dir() and not overwrite:
+        present = sorted(entry.name for entry in output_dir.iterdir())
+        if present:
+            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            raise ConversionError(f"{output_dir} is not empty ({shown}): choose a new or empty folder, or pass "
+                                  "--overwrite (overwrite=True) to replace its contents with the converted model.")
+
+
+@contextmanager
+def staged_folder(output_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of ``output_dir`` to write into, put in its place only when the block succeeds.
+
+    A failed or interrupted write leaves ``output_dir`` as it was (absent, or with its old contents) and no temporary
+    folder behind; on success the old contents are replaced whole, so no file of an earlier model stays beside the
+    new ones.
+    """
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.writing-", dir=output_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if output_dir.exists():
+        previous = staging.with_name(staging.name.replace(".writing-", ".replaced-"))
+        output_dir.rename(previous)
+    try:
+        staging.rename(output_dir)
+    except BaseException:
+        if previous is not None:
+            previous.rename(output_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def read_json_object(path: str | os.PathLike, name: str | None = None) -> dict:
