@@ -275,6 +275,41 @@ def test_both_cache_names(architecture):
     assert torch.allclose(by_new, model(input_ids).logits[:, 4:], atol=1e-5, rtol=1e-5)
 
 
+BAD_INPUTS = {  # name -> (keyword arguments from good input_ids [2, 6], error class, message pattern)
+    "float_ids": (lambda ids: {"input_ids": ids.float()}, TypeError, r"integer token ids.*torch\.float32"),
+    "bool_ids": (lambda ids: {"input_ids": ids > 5}, TypeError, r"integer token ids.*torch\.bool"),
+    "ids_past_vocab": (lambda ids: {"input_ids": ids + VOCAB}, ValueError, rf"vocabulary has {VOCAB} ids.*tokenizer"),
+    "negative_ids": (lambda ids: {"input_ids": ids - 100}, ValueError, r"token ids from -\d+.*-100"),
+    "empty_ids": (lambda ids: {"input_ids": ids[:, :0]}, ValueError, r"input_ids is empty.*bos_token"),
+    "zero_rows": (lambda ids: {"input_ids": ids[:0]}, ValueError, r"input_ids is empty"),
+    "one_dimensional": (lambda ids: {"input_ids": ids[0]}, ValueError, r"\[batch, seq_len\].*input_ids\[None\]"),
+    "ids_as_list": (lambda ids: {"input_ids": ids.tolist()}, TypeError, r"return_tensors='pt'"),
+    "mask_batch": (lambda ids: {"input_ids": ids, "attention_mask": torch.ones(3, 6)}, ValueError,
+                   r"attention_mask \(3, 6\) does not fit input_ids \(2, 6\)"),
+    "mask_too_short": (lambda ids: {"input_ids": ids, "attention_mask": torch.ones(2, 4)}, ValueError,
+                       r"attention_mask \(2, 4\) does not fit"),
+    "labels_shape": (lambda ids: {"input_ids": ids, "labels": ids[:, :4]}, ValueError,
+                     r"labels \(2, 4\) must have the shape of input_ids \(2, 6\)"),
+    "float_labels": (lambda ids: {"input_ids": ids, "labels": ids.float()}, TypeError, r"labels must hold integer"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("architecture", CAUSAL_LMS)
+def test_bad_inputs_are_refused_with_the_fix(architecture, bad):
+    """Wrong ids, masks and labels get an error naming the argument, what was seen and the fix, before any layer."""
+    model = build(architecture)
+    make, error, pattern = BAD_INPUTS[bad]
+    input_ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    kwargs = make(input_ids)
+    with pytest.raises(error, match=pattern):
+        model(**kwargs)
+    base = getattr(model, model.base_model_prefix, None)
+    if isinstance(base, torch.nn.Module) and "labels" not in kwargs:  # the bare model (AutoModel) checks the same
+        with pytest.raises(error, match=pattern):
+            base(**kwargs)
+
+
 @pytest.mark.parametrize("architecture", CAUSAL_LMS)
 def test_generation_past_context(architecture):
     case = case_of(architecture)

@@ -164,8 +164,10 @@ def test_param_groups_give_the_value_tables_their_own_learning_rate():
 def test_bad_inputs_get_clear_errors():
     model = tiny_memory_layers()
     input_ids = torch.randint(3, 300, (2, 6))
-    with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch, past \+ new tokens\]"):
+    with pytest.raises(ValueError, match=r"attention_mask \(2, 5\) does not fit input_ids \(2, 6\)"):
         model(input_ids, attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch, past \+ new tokens\]"):
+        model(input_ids, attention_mask=torch.ones(2, 7))
     with pytest.raises(TypeError, match="must be a transformers Cache"):
         model(input_ids, past_key_values=((torch.zeros(1),),))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):

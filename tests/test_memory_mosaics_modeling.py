@@ -159,8 +159,10 @@ def test_bad_masks_and_caches_get_clear_errors():
     gap = torch.tensor([[1, 1, 0, 1, 1, 1], [1] * 6])
     with pytest.raises(ValueError, match="padding between real tokens"):
         model(input_ids, attention_mask=gap)
-    with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch, past \+ new tokens\]"):
+    with pytest.raises(ValueError, match=r"attention_mask \(2, 5\) does not fit input_ids \(2, 6\)"):
         model(input_ids, attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \[batch, past \+ new tokens\]"):
+        model(input_ids, attention_mask=torch.ones(2, 7))
     with pytest.raises(TypeError, match="needs a MemoryMosaicsCache, got DynamicCache"):
         model(input_ids, past_key_values=DynamicCache())
     cache = model(input_ids, use_cache=True).past_key_values

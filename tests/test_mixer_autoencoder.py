@@ -294,7 +294,7 @@ def test_memory_model_errors():
     for memory_model in (model, tiny_memory_token_mixer()):
         with pytest.raises(ValueError, match="needs input_ids"):
             memory_model(inputs_embeds=torch.zeros(1, 3, 24))
-        with pytest.raises(ValueError, match=r"seq_len >= 1, got \(1, 0\)"):
+        with pytest.raises(ValueError, match=r"input_ids is empty \(shape \(1, 0\)\)"):
             memory_model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="encoder_context = 4 is shorter"):
         VariableMemoryMixerConfig(chunk_length=6, encoder_context=4)

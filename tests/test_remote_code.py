@@ -123,7 +123,7 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
     # the folder re-saved by the remote-code model carries the same code files
     code = sorted(p.name for p in model_dir.glob("*.py"))
     assert {f"configuration_{architecture}.py", f"modeling_{architecture}.py", "zoo_common.py", "zoo_compat.py",
-            "zoo_config.py", "zoo_kernels.py", "zoo_versions.py"} <= set(code) <= {p.name for p in EXPORTABLE}
+            "zoo_config.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_versions.py"} <= set(code) <= {p.name for p in EXPORTABLE}
     for name in code:
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
@@ -197,7 +197,7 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
         "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_compat.py", "zoo_config.py",
-        "zoo_embedding.py", "zoo_kernels.py", "zoo_versions.py"]
+        "zoo_embedding.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_versions.py"]
     # a saved masked mixer is also a sentence-transformers model (see tests/test_masked_mixer_embeddings.py)
     assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {
         p.name for p in tmp_path.iterdir()}

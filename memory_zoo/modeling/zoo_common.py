@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .zoo_compat import CACHE_NAMES, accepts_every_cache_name
+from .zoo_inputs import checks_model_inputs
 
 # `from .x import y` / `from ..pkg.x import y`: the only imports of our own code a model file may use.
 _RELATIVE_IMPORT = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<dots>\.+)(?P<module>[\w.]*)[ \t]+import\b", re.MULTILINE)
@@ -92,7 +93,7 @@ class ZooPreTrainedModel(PreTrainedModel):
       initialising the missing ones (pass ``strict=False`` to get the transformers behaviour back).
     * Every subclass's ``forward`` and ``prepare_inputs_for_generation`` take the cache as ``cache`` and also as
       ``past_key_values``/``cache_params``, so ``generate`` works under both transformers conventions (see
-      ``zoo_compat``).
+      ``zoo_compat``), and every ``forward`` checks its token ids, mask and labels first (see ``zoo_inputs``).
     """
 
     _auto_map_classes: dict[str, str] = {}
@@ -101,9 +102,10 @@ class ZooPreTrainedModel(PreTrainedModel):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for name in ("forward", "prepare_inputs_for_generation"):
-            if name in cls.__dict__:
-                setattr(cls, name, accepts_every_cache_name(cls.__dict__[name]))
+        if "forward" in cls.__dict__:
+            cls.forward = accepts_every_cache_name(checks_model_inputs(cls.__dict__["forward"]))
+        if "prepare_inputs_for_generation" in cls.__dict__:
+            cls.prepare_inputs_for_generation = accepts_every_cache_name(cls.__dict__["prepare_inputs_for_generation"])
 
     @classmethod
     def _remote_code_files(cls) -> list[Path]:
