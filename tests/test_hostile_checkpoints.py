@@ -186,3 +186,21 @@ def test_cli_refusal_is_one_line_with_status_2_and_runs_nothing(distributed_step
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("memory-zoo convert: error: Refused to read"), result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_saved_weights_name_the_file_at_load(damage, tmp_path):
+    from conftest import tiny_model, train_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tiny_model(vocab_size=128).save_pretrained(tmp_path)
+    train_tokenizer(vocab_size=90).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"garbage" * 10)
+    with pytest.raises(OSError, match=rf"Could not read {weights}: .*damaged or incomplete.*copy or download it again"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "memory_zoo.cli", "generate", str(tmp_path), "The quick"],
+                            capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and str(weights) in lines[0], result.stderr

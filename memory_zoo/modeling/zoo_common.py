@@ -151,10 +151,15 @@ class ZooPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Let transformers finish loading so that every problem can be reported at once, in our own words.
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True,
-            ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                ignore_mismatched_sizes=strict or allow_mismatch, **kwargs,
+            )
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # safetensors' own error type, without importing it here
+                raise
+            raise _damaged_weights(pretrained_model_name_or_path, error) from error
         mismatched = [] if allow_mismatch else [
             f"{key} (checkpoint {tuple(saved)} vs model {tuple(built)})" if isinstance(key, str) else str(key)
             for key, saved, built in (_mismatch(entry) for entry in info.get("mismatched_keys") or [])
@@ -215,6 +220,27 @@ def kept_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tens
     """The hidden states logits are computed for: the last `logits_to_keep` positions (0 = all), or given indices."""
     keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
     return hidden_states[:, keep, :]
+
+
+def _damaged_weights(location, error: Exception) -> OSError:
+    """The error for weights safetensors cannot read, naming the damaged file where it is on this disk."""
+    folder = Path(location)
+    damaged = None
+    if folder.is_dir():
+        from safetensors import safe_open
+
+        for file in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception:
+                damaged = file
+                break
+    where = damaged or f"the weights of {location}"
+    fix = ("copy or download it again" if damaged else
+           "download them again (from_pretrained(..., force_download=True)) or copy them again")
+    return OSError(f"Could not read {where}: {error}. The file is damaged or incomplete (an interrupted download or "
+                   f"copy): {fix}.")
 
 
 def _mismatch(entry) -> tuple:
