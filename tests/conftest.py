@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,39 @@ TEXT = (
     "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
     "All that glitters is not gold. The early bird catches the worm. "
 ) * 20
+
+
+PRINTING_LOGGERS = ("transformers", "memory_zoo", "transformers_modules")  # ours, in-package and as remote code
+
+
+@contextmanager
+def printed_warnings(loggers: tuple[str, ...] = PRINTING_LOGGERS) -> Iterator[list[str]]:
+    """Collect what a user would see printed inside the block: Python warnings and log records of level WARNING and
+    above from ``loggers``. The list is filled when the block ends."""
+    from transformers.utils import logging as hf_logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Collect(level=logging.WARNING)
+    for name in loggers:
+        logging.getLogger(name).addHandler(handler)
+    # `warning_once` messages would otherwise stay silent after the first test that triggered them.
+    cache_clear = getattr(hf_logging.get_logger("transformers").warning_once, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
+    printed: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield printed
+    finally:
+        for name in loggers:
+            logging.getLogger(name).removeHandler(handler)
+    printed.extend([f"{w.category.__name__}: {w.message}" for w in caught] + records)
 
 
 def train_tokenizer(vocab_size: int = 120):

@@ -11,11 +11,9 @@ warning printed on the way. ``benchmarks/compat_matrix.py`` runs this file under
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from conftest import (
     MEMORY_LAYERS_VARIANTS,
     MOSAICS_VARIANTS,
     VARIANTS,
+    printed_warnings,
     tiny_lswt,
     tiny_memory_layers,
     tiny_model,
@@ -36,7 +35,6 @@ from conftest import (
 )
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-from transformers.utils import logging as hf_logging
 
 import memory_zoo
 from memory_zoo.modeling.zoo_compat import CACHE_NAME
@@ -145,28 +143,8 @@ def prompt_and_length(case: ContractCase, prompt_length: int = 5, wanted: int = 
 @contextmanager
 def no_warnings_printed() -> Iterator[None]:
     """Fail if Python warnings or transformers/model log records of level WARNING and above are emitted inside."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(f"{record.name}: {record.getMessage()}")
-
-    handler = Collect(level=logging.WARNING)
-    loggers = [logging.getLogger(name) for name in ("transformers", "memory_zoo", "transformers_modules")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    # `warning_once` messages would otherwise stay silent after the first test that triggered them.
-    cache_clear = getattr(hf_logging.get_logger("transformers").warning_once, "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
-    printed = [f"{w.category.__name__}: {w.message}" for w in caught] + records
+    with printed_warnings() as printed:
+        yield
     assert not printed, "warnings were printed:\n" + "\n".join(printed)
 
 

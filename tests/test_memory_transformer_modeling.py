@@ -347,3 +347,14 @@ def test_config_defaults_are_the_research_llama_settings():
     dumped = TransformerAutoencoderConfig(encoder_config=built, window_length=20).to_dict()
     again = TransformerAutoencoderConfig(**{k: v for k, v in dumped.items() if k != "model_type"})
     assert again.decoder_config.hidden_size == 32 and again.window_length == 20
+
+
+def test_encode_checks_its_token_ids_like_every_forward():
+    """encode() is a public entry point beside forward: it refuses the same bad ids with the same messages."""
+    model = tiny_autoencoder()
+    with pytest.raises(ValueError, match=rf"vocabulary has {VOCAB} ids"):
+        model.encode(ids(1, 6) + VOCAB)
+    with pytest.raises(ValueError, match=r"input_ids is empty"):
+        model.encode(ids(1, 6)[:, :0])
+    with pytest.raises(TypeError, match="integer token ids"):
+        model.encode(ids(1, 6).float())

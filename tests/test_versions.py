@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import logging
 import os
 import re
 import subprocess
@@ -12,8 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
-from transformers.utils import logging as hf_logging
+from conftest import printed_warnings, tiny_model
 
 from memory_zoo.configuration import zoo_versions
 from memory_zoo.modeling import zoo_compat
@@ -35,24 +33,10 @@ def test_an_older_transformers_is_refused_with_the_range_and_the_fix(version):
 
 
 def test_a_newer_transformers_is_noted_once_not_refused():
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    logger = logging.getLogger(zoo_versions.__name__)
-    logger.addHandler(handler)
-    cache_clear = getattr(hf_logging.get_logger("x").warning_once, "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
-    try:
+    with printed_warnings((zoo_versions.__name__,)) as printed:
         zoo_versions.check_transformers_version("5.99.0")
         zoo_versions.check_transformers_version("5.25.1")  # proven release: silent
-    finally:
-        logger.removeHandler(handler)
-    assert len(records) == 1 and "5.99.0 is newer" in records[0] and zoo_versions.SUPPORTED_RANGE in records[0]
+    assert len(printed) == 1 and "5.99.0 is newer" in printed[0] and zoo_versions.SUPPORTED_RANGE in printed[0]
 
 
 def test_release_of_reads_dev_and_post_versions():

@@ -277,7 +277,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
             the loss is the research per-chunk loss (a chunk's last token predicts nothing; mean over chunks).
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
-        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
+        require_input_ids(self, input_ids, inputs_embeds)
         cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
@@ -419,7 +419,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
             over the whole sequence (research loss for `memory_source="window"`), `-100` ignored.
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
-        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
+        require_input_ids(self, input_ids, inputs_embeds)
         config = self.config
         if config.memory_source == "window":
             if input_ids.shape[1] > config.chunk_length:

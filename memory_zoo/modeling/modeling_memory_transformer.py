@@ -179,7 +179,7 @@ class TransformerAutoencoderModel(MemoryTransformerPreTrainedModel):
         return self.lm_head
 
     def _check_input_ids(self, input_ids: torch.LongTensor | None) -> None:
-        require_input_ids(type(self).__name__, input_ids)
+        require_input_ids(self, input_ids)
         window = self.config.window_length
         if input_ids.shape[1] > window:
             raise _too_long(
@@ -545,7 +545,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all), or for the
             given position indices.
         """
-        require_input_ids(type(self).__name__, input_ids, inputs_embeds)
+        require_input_ids(self, input_ids, inputs_embeds)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -191,9 +191,7 @@ def embed_inputs(
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     if inputs_embeds is not None:
         return inputs_embeds
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}.")
-    return embeddings(input_ids)
+    return embeddings(input_ids)  # their shape, dtype and range were checked on entry (zoo_inputs)
 
 
 def resolve_cache(model: PreTrainedModel, cache, use_cache: bool | None, cache_class: type, state: str):

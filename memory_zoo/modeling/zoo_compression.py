@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
+from .zoo_inputs import check_model_inputs
+
 
 @dataclass
 class AutoencoderOutput(ModelOutput):
@@ -33,15 +35,17 @@ class AutoencoderOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-def require_input_ids(model_name: str, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None) -> None:
+def require_input_ids(model, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None = None) -> None:
     """Refuse what a compression model cannot read: it embeds token ids itself (encoder and decoder each with their
-    own matrix), so `inputs_embeds` are refused, and `input_ids` must be a non-empty `[batch, seq_len]`."""
+    own matrix), so `inputs_embeds` are refused, and `input_ids` must pass the checks every forward makes
+    (`check_model_inputs`: integer, non-empty `[batch, seq_len]`, inside the vocabulary), also in `encode`."""
+    name = type(model).__name__
     if inputs_embeds is not None:
-        raise ValueError(f"{model_name} needs input_ids: its encoder and decoder embed each token with their own "
+        raise ValueError(f"{name} needs input_ids: its encoder and decoder embed each token with their own "
                          "embedding matrices (inputs_embeds is not supported).")
-    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        shape = None if input_ids is None else tuple(input_ids.shape)
-        raise ValueError(f"input_ids must be [batch, seq_len] with seq_len >= 1, got {shape}.")
+    if input_ids is None:
+        raise ValueError(f"{name} needs input_ids [batch, seq_len].")
+    check_model_inputs(model, input_ids)
 
 
 def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
