@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import LSWT_VARIANTS, tiny_lswt
+from huggingface_hub.errors import StrictDataclassError
 from transformers import DynamicCache
 
 from memory_zoo import LSWTCache, LSWTConfig
@@ -128,11 +129,11 @@ def test_cache_type_inputs_embeds_and_resizing():
 
 
 def test_config_validation_and_research_aliases():
-    with pytest.raises(ValueError, match="heads of an even width"):
+    with pytest.raises(StrictDataclassError, match="heads of an even width"):
         LSWTConfig(hidden_size=36, num_attention_heads=4)
-    with pytest.raises(ValueError, match="rope_dynamic=True .* max_position_embeddings"):
+    with pytest.raises(StrictDataclassError, match="rope_dynamic=True .* max_position_embeddings"):
         LSWTConfig(rope_dynamic=True)
-    with pytest.raises(ValueError, match="max_key_values must be None"):
+    with pytest.raises(StrictDataclassError, match="field 'max_key_values':\\s+ValueError: must be >= 0"):
         LSWTConfig(max_key_values=-1)
     config = LSWTConfig(d_model=64, n_heads=4, d_vocab=32, n_registers=2, rope_positions=128)
     assert (config.hidden_size, config.num_attention_heads, config.embedding_size, config.num_registers,

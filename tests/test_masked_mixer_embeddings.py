@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FIXTURES, train_tokenizer
+from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
@@ -140,7 +141,7 @@ def test_pooling_default_comes_from_the_config(tokenizer):
         lengths = batch["attention_mask"].sum(-1)
         torch.testing.assert_close(last.embed(**batch), hidden[torch.arange(3), lengths - 1])
         torch.testing.assert_close(last.embed(**batch, pooling="second_to_last"), hidden[torch.arange(3), lengths - 2])
-    with pytest.raises(ValueError, match="embedding_pooling"):
+    with pytest.raises(StrictDataclassError, match="embedding_pooling"):
         MaskedMixerConfig(embedding_pooling="mean")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VARIANTS, tiny_config, tiny_model
+from huggingface_hub.errors import StrictDataclassError
 
 from memory_zoo import MaskedMixerCache, MaskedMixerConfig, MaskedMixerForCausalLM
 
@@ -191,13 +192,13 @@ def test_output_hidden_states():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+    ({"hidden_size": 0}, "(?s)field 'hidden_size'.*must be >= 1"),
     ({"num_mixing_heads": 2}, "needs mixing_head_dim"),
-    ({"hidden_act": "nope"}, "Unknown hidden_act"),
+    ({"hidden_act": "nope"}, "unknown activation 'nope'"),
     ({"mixing_expanded": True, "mixing_softmax": True}, "mixing_softmax and mixing_expanded"),
 ])
 def test_config_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StrictDataclassError, match=message):
         tiny_config(**kwargs)
 
 

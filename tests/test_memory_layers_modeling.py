@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import MEMORY_LAYERS_VARIANTS, tiny_memory_layers, tiny_memory_layers_config
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
@@ -122,17 +123,17 @@ def test_research_swiglu_width_rule_and_config_checks():
     assert swiglu_hidden_size(4096, 1.0, 256) == 11008
     assert swiglu_hidden_size(64, None, 32) == 192
     assert MemoryLayersConfig(hidden_size=64, multiple_of=32, num_attention_heads=4).intermediate_size == 192
-    with pytest.raises(ValueError, match="multiple of num_key_value_heads"):
+    with pytest.raises(StrictDataclassError, match="multiple of num_key_value_heads"):
         MemoryLayersConfig(num_attention_heads=4, num_key_value_heads=3, hidden_size=64)
-    with pytest.raises(ValueError, match=r"memory_layers must be distinct block indices in \[0, 2\)"):
+    with pytest.raises(StrictDataclassError, match=r"memory_layers must be distinct block indices in \[0, 2\)"):
         MemoryLayersConfig(num_hidden_layers=2, memory_layers=[2])
-    with pytest.raises(ValueError, match="memory_heads must be an integer >= 2"):
+    with pytest.raises(StrictDataclassError, match="memory_heads must be an integer >= 2"):
         MemoryLayersConfig(memory_heads=1)
-    with pytest.raises(ValueError, match="memory_k_dim must be even"):
+    with pytest.raises(StrictDataclassError, match="memory_k_dim must be even"):
         MemoryLayersConfig(memory_k_dim=15)
-    with pytest.raises(ValueError, match="memory_knn .* cannot exceed memory_n_keys"):
+    with pytest.raises(StrictDataclassError, match="memory_knn .* cannot exceed memory_n_keys"):
         MemoryLayersConfig(memory_n_keys=4, memory_knn=8)
-    with pytest.raises(ValueError, match="memory_value_dtype must be one of"):
+    with pytest.raises(StrictDataclassError, match="(?s)field 'memory_value_dtype'.*expected one of"):
         MemoryLayersConfig(memory_value_dtype="int8")
     assert MemoryLayersConfig(memory_v_dim=-1).memory_v_dim is None  # the research "-1 = model width"
 

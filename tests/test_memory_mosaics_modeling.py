@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import MOSAICS_VARIANTS, tiny_mosaics, tiny_mosaics_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import DynamicCache
 
 from memory_zoo import MemoryMosaicsCache, MemoryMosaicsConfig, MemoryMosaicsForCausalLM
@@ -241,15 +242,15 @@ def test_research_initialisation_and_tied_weights():
 
 
 def test_config_validation_names_the_fix():
-    with pytest.raises(ValueError, match="divisible by num_attention_heads"):
+    with pytest.raises(StrictDataclassError, match="divisible by num_attention_heads"):
         MemoryMosaicsConfig(hidden_size=30, num_attention_heads=4)
-    with pytest.raises(ValueError, match="value_kernel_size must be 2"):
+    with pytest.raises(StrictDataclassError, match="value_kernel_size must be 2"):
         MemoryMosaicsConfig(value_kernel_size=3)
-    with pytest.raises(ValueError, match="key_feature_extractor must be one of"):
+    with pytest.raises(StrictDataclassError, match="(?s)field 'key_feature_extractor'.*expected one of"):
         MemoryMosaicsConfig(key_feature_extractor="conv")
-    with pytest.raises(ValueError, match="long_context must be one of"):
+    with pytest.raises(StrictDataclassError, match="(?s)field 'long_context'.*expected one of"):
         MemoryMosaicsConfig(long_context="slide")
-    with pytest.raises(ValueError, match="value_shift must be a non-negative integer"):
+    with pytest.raises(StrictDataclassError, match="(?s)field 'value_shift'.*must be >= 0"):
         MemoryMosaicsConfig(value_shift=-1)
     assert MemoryMosaicsConfig(n_embd=64, n_head=4).hidden_size == 64  # research names are aliases
 

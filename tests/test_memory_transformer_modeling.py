@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig
 
 from memory_zoo import (
@@ -315,24 +316,24 @@ def test_bfloat16_forward_and_generation():
 
 
 @pytest.mark.parametrize(("config_class", "kwargs", "message"), [
-    (TransformerAutoencoderConfig, {"window_length": 0}, r"window_length must be a positive integer"),
+    (TransformerAutoencoderConfig, {"window_length": 0}, r"field 'window_length':\s+ValueError: must be >= 1"),
     (TransformerAutoencoderConfig, {"compression": 2, "decoder_config": llama(24)}, r"needs equal encoder and decoder"),
     (TransformerAutoencoderConfig, {"compression": 1000}, r"compression=1000 leaves no code"),
-    (TransformerAutoencoderConfig, {"decoder_input": "tile"}, r"decoder_input must be 'unroll' or 'repeat'"),
+    (TransformerAutoencoderConfig, {"decoder_input": "tile"}, r"field 'decoder_input':\s+TypeError: .*expected one of \('unroll', 'repeat'\)"),
     (TransformerAutoencoderConfig, {"tie_word_embeddings": True}, r"tie_word_embeddings must be False"),
     (TransformerAutoencoderConfig, {"memory_position": 0}, r"memory_position must be a negative position"),
-    (TransformerAutoencoderConfig, {"encoder_config": 3}, r"encoder_config must be a LlamaConfig"),
+    (TransformerAutoencoderConfig, {"encoder_config": 3}, r"Field 'encoder_config' expected LlamaConfig, got int"),
     (VariableMemoryTransformerConfig, {"decoder_config": LlamaConfig(hidden_size=24, num_attention_heads=4),
                                        "compression": 17}, r"compression=17 leaves no code"),
-    (VariableMemoryTransformerConfig, {"num_chunks": 0}, r"num_chunks must be a positive integer"),
-    (VariableMemoryTransformerConfig, {"fixed_memory": "yes"}, r"fixed_memory must be True or False"),
-    (VariableMemoryTransformerConfig, {"memory_fill_value": None}, r"memory_fill_value must be a number"),
+    (VariableMemoryTransformerConfig, {"num_chunks": 0}, r"field 'num_chunks':\s+ValueError: must be >= 1"),
+    (VariableMemoryTransformerConfig, {"fixed_memory": "yes"}, r"Field 'fixed_memory' expected bool, got str"),
+    (VariableMemoryTransformerConfig, {"memory_fill_value": None}, r"Field 'memory_fill_value' expected float, got NoneType"),
     (VariableMemoryTransformerConfig, {"memory_position": -9, "chunk_length": 8}, r"between -chunk_length = -8"),
 ])
 def test_config_validation(config_class, kwargs, message):
     settings = {"encoder_config": llama(16)}
     settings.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StrictDataclassError, match=message):
         config_class(**settings)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FIXTURES
+from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -205,13 +206,13 @@ def test_shorter_windows_use_the_leading_positions_and_longer_ones_are_refused()
 
 
 def test_autoencoder_config_errors():
-    with pytest.raises(ValueError, match="decoder_input"):
+    with pytest.raises(StrictDataclassError, match="decoder_input"):
         MixerAutoencoderConfig(decoder_input="unrolled")
-    with pytest.raises(ValueError, match="compression = 3 must divide hidden_size"):
+    with pytest.raises(StrictDataclassError, match="compression = 3 must divide hidden_size"):
         MixerAutoencoderConfig(hidden_size=16, compression=3)
-    with pytest.raises(ValueError, match="not divisible by encoder_num_mixing_heads"):
+    with pytest.raises(StrictDataclassError, match="not divisible by encoder_num_mixing_heads"):
         MixerAutoencoderConfig(hidden_size=16, encoder_num_mixing_heads=3)
-    with pytest.raises(ValueError, match="memory_position"):
+    with pytest.raises(StrictDataclassError, match="memory_position"):
         MixerAutoencoderConfig(memory_position=0)
 
 
@@ -296,7 +297,7 @@ def test_memory_model_errors():
             memory_model(inputs_embeds=torch.zeros(1, 3, 24))
         with pytest.raises(ValueError, match=r"input_ids is empty \(shape \(1, 0\)\)"):
             memory_model(torch.zeros(1, 0, dtype=torch.long))
-    with pytest.raises(ValueError, match="encoder_context = 4 is shorter"):
+    with pytest.raises(StrictDataclassError, match="encoder_context = 4 is shorter"):
         VariableMemoryMixerConfig(chunk_length=6, encoder_context=4)
     oracle = tiny_memory_token_mixer(memory_source="window")
     with pytest.raises(ValueError, match="one window of 6 tokens"):

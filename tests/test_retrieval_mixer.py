@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import FIXTURES
+from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, Trainer, TrainingArguments
 
@@ -107,7 +108,7 @@ def test_bad_inputs_raise_clear_errors():
         model()
     with pytest.raises(ValueError, match="candidate indices 0 ... 4"):
         model(inputs_embeds=torch.randn(2, 6, 16), labels=torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(StrictDataclassError, match="at least 2"):
         RetrievalMixerConfig(num_slots=1)
 
 

@@ -1,13 +1,12 @@
 """Configuration of the Long-Short-Working Transformer (LSWT; Avelina9X/memory-transformer-pt4)."""
 
-from __future__ import annotations
+from huggingface_hub.dataclasses import strict
 
-from transformers import PretrainedConfig
-
-from .zoo_config import KEYS_TO_IGNORE_AT_INFERENCE, check_activation, check_integers
+from .zoo_config import ZooConfig, activation, dropout, finite_number, non_negative, positive, positive_number, std
 
 
-class LSWTConfig(PretrainedConfig):
+@strict
+class LSWTConfig(ZooConfig):
     r"""
     Configuration of an [`LSWTModel`] / [`LSWTForCausalLM`].
 
@@ -74,117 +73,77 @@ class LSWTConfig(PretrainedConfig):
     """
 
     model_type = "lswt"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
     attribute_map = {"d_model": "hidden_size", "d_vocab": "embedding_size", "d_ffn": "intermediate_size",
                      "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers", "n_registers": "num_registers",
                      "rope_positions": "max_position_embeddings"}
 
-    def __init__(
-        self,
-        vocab_size: int = 50272,
-        embedding_size: int = 768,
-        hidden_size: int = 768,
-        intermediate_size: int = 3072,
-        num_attention_heads: int = 12,
-        num_hidden_layers: int = 12,
-        num_registers: int = 0,
-        hidden_act: str = "silu",
-        gated_ffn: bool = True,
-        qk_norm: bool = False,
-        attention_bias: bool = True,
-        rope_base_freq: float = 500000.0,
-        rope_reversed: bool = True,
-        max_position_embeddings: int | None = None,
-        rope_dynamic: bool = False,
-        rope_ntk_scale: float = 1.0,
-        rope_yarn_a: float = 0.07,
-        rope_yarn_b: float = 1.0,
-        max_key_values: int | None = None,
-        dropout_att_mat: float = 0.0,
-        dropout_att_out: float = 0.0,
-        dropout_ffn_int: float = 0.0,
-        dropout_ffn_out: float = 0.0,
-        recompute_kv: bool = False,
-        trainable_embeddings: bool = True,
-        layer_norm_eps: float = 1e-5,
-        initializer_range: float = 0.02,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = "kernels-community/flash-attn2",
-        kernel_revision: str | None = "main",
-        use_cache: bool = True,
-        pooler_config: dict | None = None,
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = 1,
-        bos_token_id: int | None = 2,
-        eos_token_id: int | list[int] | None = 2,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.embedding_size = embedding_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_attention_heads = num_attention_heads
-        self.num_hidden_layers = num_hidden_layers
-        self.num_registers = num_registers
-        self.hidden_act = hidden_act
-        self.gated_ffn = gated_ffn
-        self.qk_norm = qk_norm
-        self.attention_bias = attention_bias
-        self.rope_base_freq = rope_base_freq
-        self.rope_reversed = rope_reversed
-        self.max_position_embeddings = max_position_embeddings
-        self.rope_dynamic = rope_dynamic
-        self.rope_ntk_scale = rope_ntk_scale
-        self.rope_yarn_a = rope_yarn_a
-        self.rope_yarn_b = rope_yarn_b
-        self.max_key_values = max_key_values
-        self.dropout_att_mat = dropout_att_mat
-        self.dropout_att_out = dropout_att_out
-        self.dropout_ffn_int = dropout_ffn_int
-        self.dropout_ffn_out = dropout_ffn_out
-        self.recompute_kv = recompute_kv
-        self.trainable_embeddings = trainable_embeddings
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.use_cache = use_cache
-        self.pooler_config = _pooler_defaults(pooler_config)
-        self.tie_word_embeddings = tie_word_embeddings  # the head is tied through head_proj, not by tie_weights
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+    vocab_size: int = positive(default=50272)
+    embedding_size: int = positive(default=768)
+    hidden_size: int = positive(default=768)
+    intermediate_size: int = positive(default=3072)
+    num_attention_heads: int = positive(default=12)
+    num_hidden_layers: int = positive(default=12)
+    num_registers: int = non_negative(default=0)
+    hidden_act: str = activation(default="silu")
+    gated_ffn: bool = True
+    qk_norm: bool = False
+    attention_bias: bool = True
+    rope_base_freq: int | float = positive_number(default=500000.0)
+    rope_reversed: bool = True
+    max_position_embeddings: int | None = positive(default=None)
+    rope_dynamic: bool = False
+    rope_ntk_scale: int | float = positive_number(default=1.0)
+    rope_yarn_a: int | float = finite_number(default=0.07)
+    rope_yarn_b: int | float = finite_number(default=1.0)
+    max_key_values: int | None = non_negative(default=None)
+    dropout_att_mat: int | float = dropout(default=0.0)
+    dropout_att_out: int | float = dropout(default=0.0)
+    dropout_ffn_int: int | float = dropout(default=0.0)
+    dropout_ffn_out: int | float = dropout(default=0.0)
+    recompute_kv: bool = False
+    trainable_embeddings: bool = True
+    layer_norm_eps: int | float = positive_number(default=1e-5)
+    initializer_range: int | float = std(default=0.02)
+    use_kernels: bool = True
+    kernel_repo_id: str | None = "kernels-community/flash-attn2"
+    kernel_revision: str | None = "main"
+    use_cache: bool = True
+    pooler_config: dict | None = None
+    tie_word_embeddings: bool = False  # the head is tied through head_proj, not by tie_weights
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 2
+    eos_token_id: int | list[int] | None = 2
 
-    def _check(self) -> None:
-        check_integers(self, ("vocab_size", "embedding_size", "hidden_size", "intermediate_size",
-                              "num_attention_heads", "num_hidden_layers"))
-        check_integers(self, ("num_registers",), minimum=0)
-        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must split into num_attention_heads ({self.num_attention_heads}) "
-                "heads of an even width (rotary embeddings rotate pairs)."
-            )
-        check_activation(self)
-        if self.rope_dynamic and not self.max_position_embeddings:
-            raise ValueError("rope_dynamic=True scales positions beyond max_position_embeddings, so it must be set "
-                             "(the research rope_positions, e.g. 4096).")
-        if self.max_key_values is not None and (not isinstance(self.max_key_values, int) or self.max_key_values < 0):
-            raise ValueError(f"max_key_values must be None (keep everything) or an integer >= 0, got "
-                             f"{self.max_key_values!r}.")
+    def _fill_defaults(self) -> None:
+        self.pooler_config = _pooler_defaults(self.pooler_config)
 
+    def validate_heads(self) -> None:
+        """Rotary embeddings rotate pairs of channels within a head."""
+        self._require(
+            self.hidden_size % self.num_attention_heads == 0 and (self.hidden_size // self.num_attention_heads) % 2 == 0,
+            f"hidden_size ({self.hidden_size}) must split into num_attention_heads ({self.num_attention_heads}) heads "
+            "of an even width (rotary embeddings rotate pairs).",
+        )
+
+    def validate_rope(self) -> None:
+        """Dynamic scaling scales beyond a known length."""
+        self._require(
+            not self.rope_dynamic or self.max_position_embeddings is not None,
+            "rope_dynamic=True scales positions beyond max_position_embeddings, so it must be set (the research "
+            "rope_positions, e.g. 4096).",
+        )
+
+    def validate_pooler(self) -> None:
+        """The research pooler options this implementation knows."""
         pooler = self.pooler_config
-        if pooler["layer_pooling"] not in ("layer", "weighted_sum"):
-            raise ValueError(f"pooler_config.layer_pooling must be 'layer' or 'weighted_sum', got {pooler['layer_pooling']!r}.")
-        if pooler["token_pooling"] not in ("cls", "attn"):
-            raise ValueError(f"pooler_config.token_pooling must be 'cls' or 'attn', got {pooler['token_pooling']!r}.")
-        if pooler["embedding_pooling"] not in (None, "sgpt"):
-            raise ValueError(f"pooler_config.embedding_pooling must be None or 'sgpt', got {pooler['embedding_pooling']!r}.")
-        if pooler["legacy_pipeline"] not in (None, *LEGACY_PIPELINES):
-            raise ValueError(f"pooler_config.legacy_pipeline must be None or one of {LEGACY_PIPELINES}, got "
-                             f"{pooler['legacy_pipeline']!r}.")
+        for key, choices in (("layer_pooling", ("layer", "weighted_sum")), ("token_pooling", ("cls", "attn")),
+                             ("embedding_pooling", (None, "sgpt")), ("legacy_pipeline", (None, *LEGACY_PIPELINES))):
+            self._require(pooler[key] in choices,
+                          f"pooler_config.{key} must be one of {list(choices)}, got {pooler[key]!r}.")
+        for key in ("embedding_dropout", "layer_pooling_dropout"):
+            value = pooler[key]
+            self._require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+                          f"pooler_config.{key} must be a probability in [0, 1), got {value!r}.")
 
     @property
     def head_dim(self) -> int:

@@ -1,19 +1,14 @@
 """Configuration of the Masked Mixer (Badger, "Masked Mixers for Language Generation and Retrieval", 2024)."""
 
-from __future__ import annotations
+from typing import Literal
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
 
-from .zoo_config import (
-    KERNEL_REVISION,
-    KEYS_TO_IGNORE_AT_INFERENCE,
-    check_activation,
-    check_integers,
-    default_kernel_repo,
-)
+from .zoo_config import KERNEL_REVISION, ZooConfig, activation, default_kernel_repo, positive, positive_number, std
 
 
-class MaskedMixerConfig(PretrainedConfig):
+@strict
+class MaskedMixerConfig(ZooConfig):
     r"""
     Configuration of a [`MaskedMixerModel`] / [`MaskedMixerForCausalLM`].
 
@@ -81,82 +76,53 @@ class MaskedMixerConfig(PretrainedConfig):
     """
 
     model_type = "masked_mixer"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
-    def __init__(
-        self,
-        vocab_size: int = 4096,
-        hidden_size: int = 1024,
-        num_hidden_layers: int = 8,
-        max_position_embeddings: int = 512,
-        intermediate_size: int | None = None,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        num_mixing_heads: int = 1,
-        mixing_head_dim: int | None = None,
-        mixing_out_proj: bool = False,
-        mixing_expanded: bool = False,
-        mixing_softmax: bool = False,
-        mixing_bias: bool = True,
-        mixing_kernel_size: int = 1,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        embedding_pooling: str = "second_to_last",
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.max_position_embeddings = max_position_embeddings
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.num_mixing_heads = num_mixing_heads
-        self.mixing_head_dim = mixing_head_dim
-        self.mixing_out_proj = bool(mixing_out_proj or mixing_head_dim is not None)
-        self.mixing_expanded = mixing_expanded
-        self.mixing_softmax = mixing_softmax
-        self.mixing_bias = mixing_bias
-        self.mixing_kernel_size = mixing_kernel_size
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self.embedding_pooling = embedding_pooling
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+    vocab_size: int = positive(default=4096)
+    hidden_size: int = positive(default=1024)
+    num_hidden_layers: int = positive(default=8)
+    max_position_embeddings: int = positive(default=512)
+    intermediate_size: int | None = positive(default=None)
+    hidden_act: str = activation(default="gelu")
+    layer_norm_eps: int | float = positive_number(default=1e-5)
+    num_mixing_heads: int = positive(default=1)
+    mixing_head_dim: int | None = positive(default=None)
+    mixing_out_proj: bool = False
+    mixing_expanded: bool = False
+    mixing_softmax: bool = False
+    mixing_bias: bool = True
+    mixing_kernel_size: int = positive(default=1)
+    use_kernels: bool = True
+    kernel_repo_id: str | None = default_kernel_repo("masked_mixing")
+    kernel_revision: str | None = KERNEL_REVISION
+    initializer_range: int | float = std(default=0.02)
+    use_cache: bool = True
+    embedding_pooling: Literal["second_to_last", "last"] = "second_to_last"
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
-    def _check(self) -> None:
-        check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings",
-                              "intermediate_size", "num_mixing_heads", "mixing_kernel_size"))
-        if self.mixing_head_dim is not None and (not isinstance(self.mixing_head_dim, int) or self.mixing_head_dim < 1):
-            raise ValueError(f"MaskedMixerConfig.mixing_head_dim must be a positive integer or None, "
-                             f"got {self.mixing_head_dim!r}.")
-        if self.num_mixing_heads > 1 and self.mixing_head_dim is None:
-            raise ValueError(
-                f"num_mixing_heads={self.num_mixing_heads} needs mixing_head_dim (the per-head projection width, "
-                f"e.g. hidden_size // num_mixing_heads = {self.hidden_size // self.num_mixing_heads})."
-            )
-        if self.mixing_kernel_size > 1 and (self.mixing_softmax or self.mixing_expanded):
-            raise ValueError("mixing_kernel_size > 1 cannot be combined with mixing_softmax or mixing_expanded: no "
-                             "research model used both; set mixing_kernel_size=1.")
-        if self.mixing_softmax and self.mixing_expanded:
-            raise ValueError("mixing_softmax and mixing_expanded cannot be combined: no research model used both.")
-        if self.embedding_pooling not in ("second_to_last", "last"):
-            raise ValueError(f"embedding_pooling must be 'second_to_last' or 'last', got {self.embedding_pooling!r}.")
-        check_activation(self)
+    def _fill_defaults(self) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self.mixing_out_proj = self.mixing_out_proj or self.mixing_head_dim is not None
+
+    def validate_mixing(self) -> None:
+        """The mixing options that go together."""
+        self._require(
+            self.num_mixing_heads == 1 or self.mixing_head_dim is not None,
+            f"num_mixing_heads={self.num_mixing_heads} needs mixing_head_dim (the per-head projection width, e.g. "
+            f"hidden_size // num_mixing_heads = {self.hidden_size // self.num_mixing_heads}).",
+        )
+        self._require(
+            self.mixing_kernel_size == 1 or not (self.mixing_softmax or self.mixing_expanded),
+            "mixing_kernel_size > 1 cannot be combined with mixing_softmax or mixing_expanded: no research model "
+            "used both; set mixing_kernel_size=1.",
+        )
+        self._require(
+            not (self.mixing_softmax and self.mixing_expanded),
+            "mixing_softmax and mixing_expanded cannot be combined: no research model used both; set one to False.",
+        )
 
     @property
     def mixing_width(self) -> int:

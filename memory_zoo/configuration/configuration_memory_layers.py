@@ -1,15 +1,17 @@
 """Configuration of Memory Layers at Scale (Berges et al., "Memory Layers at Scale", arXiv 2412.09764)."""
 
-from __future__ import annotations
+from typing import Literal, get_args
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
 
-from .zoo_config import KERNEL_REVISION, KEYS_TO_IGNORE_AT_INFERENCE, check_integers, default_kernel_repo
+from .zoo_config import KERNEL_REVISION, ZooConfig, default_kernel_repo, dropout, positive, positive_number, std
 
-VALUE_DTYPES = ("float32", "bfloat16", "float16")
+ValueDtype = Literal["float32", "bfloat16", "float16"]
+VALUE_DTYPES = get_args(ValueDtype)
 
 
-class MemoryLayersConfig(PretrainedConfig):
+@strict
+class MemoryLayersConfig(ZooConfig):
     r"""
     Configuration of a [`MemoryLayersModel`] / [`MemoryLayersForCausalLM`].
 
@@ -73,112 +75,75 @@ class MemoryLayersConfig(PretrainedConfig):
     """
 
     model_type = "memory_layers"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
 
-    def __init__(
-        self,
-        vocab_size: int = 32000,
-        hidden_size: int = 1024,
-        num_hidden_layers: int = 24,
-        num_attention_heads: int = 16,
-        num_key_value_heads: int | None = None,
-        head_dim: int | None = None,
-        intermediate_size: int | None = None,
-        ffn_dim_multiplier: float | None = None,
-        multiple_of: int = 256,
-        rms_norm_eps: float = 1e-5,
-        rope_theta: float = 10000.0,
-        max_position_embeddings: int = 1024,
-        memory_layers: list[int] | tuple[int, ...] = (),
-        memory_n_keys: int = 1024,
-        memory_heads: int = 4,
-        memory_knn: int = 32,
-        memory_k_dim: int = 512,
-        memory_v_dim: int | None = None,
-        memory_share_values: bool = True,
-        memory_swilu_projection: bool = True,
-        memory_gated: bool = False,
-        memory_value_dtype: str | None = "bfloat16",
-        memory_value_lr: float | None = 0.001,
-        attention_dropout: float = 0.0,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("embedding_bag"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        initializer_range: float | None = None,
-        use_cache: bool = True,
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads if num_key_value_heads is not None else num_attention_heads
-        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
-        self.ffn_dim_multiplier = ffn_dim_multiplier
-        self.multiple_of = multiple_of
-        self.intermediate_size = (
-            intermediate_size if intermediate_size is not None
-            else swiglu_hidden_size(hidden_size, ffn_dim_multiplier, multiple_of)
+    vocab_size: int = positive(default=32000)
+    hidden_size: int = positive(default=1024)
+    num_hidden_layers: int = positive(default=24)
+    num_attention_heads: int = positive(default=16)
+    num_key_value_heads: int | None = positive(default=None)
+    head_dim: int | None = positive(default=None)
+    intermediate_size: int | None = positive(default=None)
+    ffn_dim_multiplier: int | float | None = positive_number(default=None)
+    multiple_of: int = positive(default=256)
+    rms_norm_eps: int | float = positive_number(default=1e-5)
+    rope_theta: int | float = positive_number(default=10000.0)
+    max_position_embeddings: int = positive(default=1024)
+    memory_layers: list[int] | tuple[int, ...] = ()
+    memory_n_keys: int = positive(default=1024)
+    memory_heads: int = positive(default=4)
+    memory_knn: int = positive(default=32)
+    memory_k_dim: int = positive(default=512)
+    memory_v_dim: int | None = None
+    memory_share_values: bool = True
+    memory_swilu_projection: bool = True
+    memory_gated: bool = False
+    memory_value_dtype: ValueDtype | None = "bfloat16"
+    memory_value_lr: int | float | None = positive_number(default=0.001)
+    attention_dropout: int | float = dropout(default=0.0)
+    use_kernels: bool = True
+    kernel_repo_id: str | None = default_kernel_repo("embedding_bag")
+    kernel_revision: str | None = KERNEL_REVISION
+    initializer_range: int | float | None = std(default=None)
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def _fill_defaults(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = max(self.hidden_size // self.num_attention_heads, 1)
+        if self.intermediate_size is None:
+            self.intermediate_size = swiglu_hidden_size(self.hidden_size, self.ffn_dim_multiplier, self.multiple_of)
+        self.memory_layers = sorted(self.memory_layers)
+        if self.memory_v_dim is not None and self.memory_v_dim <= 0:  # the research "-1 = model width"
+            self.memory_v_dim = None
+
+    def validate_attention(self) -> None:
+        """Grouped-query attention and rotary embeddings."""
+        self._require(
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
+            f"({self.num_key_value_heads}): each key/value head serves a whole group of query heads.",
         )
-        self.rms_norm_eps = rms_norm_eps
-        self.rope_theta = rope_theta
-        self.max_position_embeddings = max_position_embeddings
-        self.memory_layers = sorted(int(i) for i in memory_layers)
-        self.memory_n_keys = memory_n_keys
-        self.memory_heads = memory_heads
-        self.memory_knn = memory_knn
-        self.memory_k_dim = memory_k_dim
-        self.memory_v_dim = memory_v_dim if memory_v_dim is not None and memory_v_dim > 0 else None
-        self.memory_share_values = memory_share_values
-        self.memory_swilu_projection = memory_swilu_projection
-        self.memory_gated = memory_gated
-        self.memory_value_dtype = memory_value_dtype
-        self.memory_value_lr = memory_value_lr
-        self.attention_dropout = attention_dropout
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+        self._require(self.head_dim % 2 == 0, f"head_dim must be even for rotary embeddings, got {self.head_dim}.")
 
-    def _check(self) -> None:
-        check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                              "num_key_value_heads", "head_dim", "intermediate_size", "multiple_of",
-                              "memory_n_keys", "memory_knn", "memory_k_dim"))
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads "
-                f"({self.num_key_value_heads}): each key/value head serves a whole group of query heads."
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}.")
+    def validate_memory(self) -> None:
+        """Where the memories sit and how the product keys split."""
         bad = [i for i in self.memory_layers if not 0 <= i < self.num_hidden_layers]
-        if bad or len(set(self.memory_layers)) != len(self.memory_layers):
-            raise ValueError(
-                f"memory_layers must be distinct block indices in [0, {self.num_hidden_layers}), got "
-                f"{self.memory_layers}."
-            )
-        if not isinstance(self.memory_heads, int) or self.memory_heads < 2:
-            raise ValueError(f"memory_heads must be an integer >= 2 (as in the research code), got {self.memory_heads!r}.")
-        if self.memory_k_dim % 2:
-            raise ValueError(f"memory_k_dim must be even (queries and keys are split in two halves), got "
-                             f"{self.memory_k_dim}.")
-        if self.memory_knn > self.memory_n_keys:
-            raise ValueError(f"memory_knn ({self.memory_knn}) cannot exceed memory_n_keys ({self.memory_n_keys}): the "
-                             "top-k runs over the sub-keys of each half.")
-        if self.memory_value_dtype is not None and self.memory_value_dtype not in VALUE_DTYPES:
-            raise ValueError(f"memory_value_dtype must be one of {VALUE_DTYPES} or None, got "
-                             f"{self.memory_value_dtype!r}.")
+        self._require(
+            not bad and len(set(self.memory_layers)) == len(self.memory_layers),
+            f"memory_layers must be distinct block indices in [0, {self.num_hidden_layers}), got {self.memory_layers}.",
+        )
+        self._require(self.memory_heads >= 2,
+                      f"memory_heads must be an integer >= 2 (as in the research code), got {self.memory_heads!r}.")
+        self._require(self.memory_k_dim % 2 == 0, f"memory_k_dim must be even (queries and keys are split in two "
+                      f"halves), got {self.memory_k_dim}.")
+        self._require(self.memory_knn <= self.memory_n_keys,
+                      f"memory_knn ({self.memory_knn}) cannot exceed memory_n_keys ({self.memory_n_keys}): the top-k "
+                      "runs over the sub-keys of each half.")
 
     @property
     def memory_size(self) -> int:

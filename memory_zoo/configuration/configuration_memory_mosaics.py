@@ -1,16 +1,27 @@
 """Configuration of Memory Mosaics (Zhang et al., "Memory Mosaics", arXiv 2405.06394)."""
 
-from __future__ import annotations
+from typing import Literal, get_args
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
 
-from .zoo_config import KERNEL_REVISION, KEYS_TO_IGNORE_AT_INFERENCE, check_integers, default_kernel_repo
+from .zoo_config import (
+    KERNEL_REVISION,
+    ZooConfig,
+    default_kernel_repo,
+    dropout,
+    non_negative,
+    positive,
+    positive_number,
+)
 
-FEATURE_EXTRACTORS = ("linearconv", "lowrlinearconv")
-LONG_CONTEXT_MODES = ("extend", "crop")
+FeatureExtractor = Literal["linearconv", "lowrlinearconv"]
+LongContextMode = Literal["extend", "crop"]
+FEATURE_EXTRACTORS = get_args(FeatureExtractor)
+LONG_CONTEXT_MODES = get_args(LongContextMode)
 
 
-class MemoryMosaicsConfig(PretrainedConfig):
+@strict
+class MemoryMosaicsConfig(ZooConfig):
     r"""
     Configuration of a [`MemoryMosaicsModel`] / [`MemoryMosaicsForCausalLM`].
 
@@ -91,106 +102,56 @@ class MemoryMosaicsConfig(PretrainedConfig):
     """
 
     model_type = "memory_mosaics"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
     attribute_map = {"n_embd": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers"}
 
-    def __init__(
-        self,
-        vocab_size: int = 50304,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        block_size: int = 512,
-        long_context: str = "extend",
-        key_feature_extractor: str = "linearconv",
-        key_kernel_size: int = 1,
-        value_feature_extractor: str = "lowrlinearconv",
-        value_kernel_size: int = 2,
-        value_shift: int = 1,
-        pmem_size: int = 2688,
-        pmem_count: int = 1,
-        attn_only: bool = False,
-        pre_layernorm: bool = True,
-        bias: bool = False,
-        scale_logits: bool = True,
-        skip_tokens: int = 0,
-        attention_dropout: float = 0.05,
-        hidden_dropout: float = 0.05,
-        layer_norm_eps: float = 1e-5,
-        leaky_chunk_size: int = 64,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("leaky_average"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        use_cache: bool = True,
-        tie_word_embeddings: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.block_size = block_size
-        self.long_context = long_context
-        self.key_feature_extractor = key_feature_extractor
-        self.key_kernel_size = key_kernel_size
-        self.value_feature_extractor = value_feature_extractor
-        self.value_kernel_size = value_kernel_size
-        self.value_shift = value_shift
-        self.pmem_size = pmem_size
-        self.pmem_count = pmem_count
-        self.attn_only = attn_only
-        self.pre_layernorm = pre_layernorm
-        self.bias = bias
-        self.scale_logits = scale_logits
-        self.skip_tokens = skip_tokens
-        self.attention_dropout = attention_dropout
-        self.hidden_dropout = hidden_dropout
-        self.layer_norm_eps = layer_norm_eps
-        self.leaky_chunk_size = leaky_chunk_size
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+    vocab_size: int = positive(default=50304)
+    hidden_size: int = positive(default=768)
+    num_hidden_layers: int = positive(default=12)
+    num_attention_heads: int = positive(default=12)
+    block_size: int = positive(default=512)
+    long_context: LongContextMode = "extend"
+    key_feature_extractor: FeatureExtractor = "linearconv"
+    key_kernel_size: int = positive(default=1)
+    value_feature_extractor: FeatureExtractor = "lowrlinearconv"
+    value_kernel_size: int = positive(default=2)
+    value_shift: int = non_negative(default=1)
+    pmem_size: int = positive(default=2688)
+    pmem_count: int = positive(default=1)
+    attn_only: bool = False
+    pre_layernorm: bool = True
+    bias: bool = False
+    scale_logits: bool = True
+    skip_tokens: int = non_negative(default=0)
+    attention_dropout: int | float = dropout(default=0.05)
+    hidden_dropout: int | float = dropout(default=0.05)
+    layer_norm_eps: int | float = positive_number(default=1e-5)
+    leaky_chunk_size: int = positive(default=64)
+    use_kernels: bool = True
+    kernel_repo_id: str | None = default_kernel_repo("leaky_average")
+    kernel_revision: str | None = KERNEL_REVISION
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
-    def _check(self) -> None:
-        check_integers(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "block_size",
-                              "key_kernel_size", "value_kernel_size", "pmem_size", "pmem_count", "leaky_chunk_size"))
-        check_integers(self, ("value_shift", "skip_tokens"), minimum=0)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads}): every head owns hidden_size / num_attention_heads channels."
-            )
+    def validate_heads(self) -> None:
+        """Heads split the width evenly."""
+        self._require(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads}): "
+            "every head owns hidden_size / num_attention_heads channels.",
+        )
+
+    def validate_feature_extractors(self) -> None:
+        """The two-tap interpolation has two taps."""
         for role in ("key", "value"):
-            kind = getattr(self, f"{role}_feature_extractor")
-            if kind not in FEATURE_EXTRACTORS:
-                raise ValueError(
-                    f"MemoryMosaicsConfig.{role}_feature_extractor must be one of {FEATURE_EXTRACTORS}, got {kind!r}."
-                )
             size = getattr(self, f"{role}_kernel_size")
-            if kind == "lowrlinearconv" and size != 2:
-                raise ValueError(
-                    f"{role}_feature_extractor='lowrlinearconv' is a two-tap interpolation: {role}_kernel_size must be "
-                    f"2, got {size}."
-                )
-        if self.long_context not in LONG_CONTEXT_MODES:
-            raise ValueError(
-                f"MemoryMosaicsConfig.long_context must be one of {LONG_CONTEXT_MODES}, got {self.long_context!r}: "
-                "'extend' keeps every past token, 'crop' reproduces the research generate() window of block_size."
+            self._require(
+                getattr(self, f"{role}_feature_extractor") != "lowrlinearconv" or size == 2,
+                f"{role}_feature_extractor='lowrlinearconv' is a two-tap interpolation: {role}_kernel_size must be 2, "
+                f"got {size}.",
             )
-        for name in ("attention_dropout", "hidden_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"MemoryMosaicsConfig.{name} must be in [0, 1), got {value!r}.")
 
     @property
     def head_dim(self) -> int:

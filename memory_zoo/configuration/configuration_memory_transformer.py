@@ -1,16 +1,20 @@
 """Configurations of the transformer text-compression models of blbadger/memorymodels (Badger, arXiv 2602.13466):
 the unrolled transformer autoencoder and the variable-memory transformer."""
 
-from __future__ import annotations
-
 # isort: off
 # First: its import refuses a transformers older than the supported range by name, before the imports below fail.
 from .zoo_versions import SUPPORTED_RANGE  # noqa: F401
 # isort: on
-from transformers import LlamaConfig, PretrainedConfig
+import math
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
+from transformers import LlamaConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
-from .zoo_config import KEYS_TO_IGNORE_AT_INFERENCE, check_integers
+from .zoo_config import ZooConfig, finite_number, positive, std
 
 
 def research_llama_config(hidden_size: int, num_hidden_layers: int, num_attention_heads: int = 4,
@@ -33,16 +37,41 @@ def _llama_sub_config(owner: str, name: str, value, vocab_size: int, default: Ll
         settings = {k: v for k, v in value.items() if k not in ("model_type", "transformers_version", "architectures")}
         if "hidden_size" in settings:
             settings.setdefault("intermediate_size", 4 * settings["hidden_size"])
-        value = LlamaConfig(**settings)
-    if not isinstance(value, LlamaConfig):
-        raise ValueError(f"{owner}.{name} must be a LlamaConfig, a dict of LlamaConfig arguments or None, "
-                         f"got {type(value).__name__}.")
+        try:
+            value = LlamaConfig(**settings)
+        except (StrictDataclassError, TypeError, ValueError) as error:
+            message = " ".join(str(error).split())
+            raise StrictDataclassFieldValidationError(field=name, cause=ValueError(f"{owner}.{name}: {message}")) from error
     # The stacks never embed tokens themselves; keep the vocabulary in step with the model's anyway.
     value.vocab_size = vocab_size
     return value
 
 
-class _TransformerCompressionConfig(PretrainedConfig):
+def _check_llama(owner: str, name: str, config: LlamaConfig) -> None:
+    """Refuse sizes and constants a LlamaConfig accepts but no model can be built or run with."""
+    problems = []
+    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "max_position_embeddings", "head_dim"):
+        value = getattr(config, field, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{field} must be an integer >= 1, got {value!r}")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if not problems and kv_heads and heads % kv_heads:
+        problems.append(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+    rope_theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", 1.0))
+    for field, value in (("rms_norm_eps", config.rms_norm_eps), ("rope_theta", rope_theta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            problems.append(f"{field} must be a finite number > 0, got {value!r}")
+    dropout = config.attention_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        problems.append(f"attention_dropout must be a probability in [0, 1), got {dropout!r}")
+    if config.hidden_act not in ACT2FN:
+        problems.append(f"hidden_act {config.hidden_act!r} is not an activation transformers knows")
+    if problems:
+        raise ValueError(f"{owner}.{name}: " + "; ".join(problems) + ".")
+
+
+class _TransformerCompressionConfig(ZooConfig):
     """Fields and checks shared by the two configurations (not a model type of its own)."""
 
     # transformers 5 sub-configs: saved as nested dicts, and `attn_implementation` reaches both. Optional, so that a
@@ -50,26 +79,35 @@ class _TransformerCompressionConfig(PretrainedConfig):
     sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=LlamaConfig, optional=True),
                             "decoder_config": SubConfigSpec(config_class=LlamaConfig, optional=True)}
 
-    def _check_common(self) -> None:
-        name = type(self).__name__
-        check_integers(self, ("vocab_size", "compression"))
-        for field in ("encoder_final_norm", "decoder_final_norm", "tie_word_embeddings"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"{name}.{field} must be True or False, got {getattr(self, field)!r}.")
-        if self.decoder_config is None:
-            raise ValueError(f"{name}.decoder_config is required (a LlamaConfig or a dict of its arguments).")
-        if self.encoder_config is not None and self.encoder_config.hidden_size // self.compression < 1:
-            raise ValueError(
-                f"{name}.compression={self.compression} leaves no code: the bottleneck has "
-                f"encoder_config.hidden_size // compression = {self.encoder_config.hidden_size // self.compression} "
-                "features. Use a compression of at most encoder_config.hidden_size (1 = no bottleneck)."
+    def _build_stacks(self, encoder_default: LlamaConfig | None, decoder_default: LlamaConfig | None) -> None:
+        owner = type(self).__name__
+        self.encoder_config = _llama_sub_config(owner, "encoder_config", self.encoder_config, self.vocab_size,
+                                                encoder_default)
+        self.decoder_config = _llama_sub_config(owner, "decoder_config", self.decoder_config, self.vocab_size,
+                                                self.encoder_config or decoder_default)
+
+    def validate_stacks(self) -> None:
+        """Both Llama stacks can be built, and the bottleneck leaves a code."""
+        owner = type(self).__name__
+        self._require(self.decoder_config is not None, "decoder_config is required (a LlamaConfig or a dict of its "
+                      "arguments).")
+        for name in ("encoder_config", "decoder_config"):
+            if getattr(self, name) is not None:
+                _check_llama(owner, name, getattr(self, name))
+        if self.encoder_config is not None:
+            self._require(
+                self.encoder_config.hidden_size // self.compression >= 1,
+                f"compression={self.compression} leaves no code: the bottleneck has encoder_config.hidden_size // "
+                f"compression = {self.encoder_config.hidden_size // self.compression} features. Use a compression of "
+                "at most encoder_config.hidden_size (1 = no bottleneck).",
             )
 
     def _check_memory_position(self, length: int, field: str) -> None:
-        position = self.memory_position
-        if isinstance(position, bool) or not isinstance(position, int) or not -length <= position <= -1:
-            raise ValueError(f"{type(self).__name__}.memory_position must be a negative position counted from the end, "
-                             f"between -{field} = {-length} and -1 (research: -1), got {position!r}.")
+        self._require(
+            -length <= self.memory_position <= -1,
+            f"memory_position must be a negative position counted from the end, between -{field} = {-length} and -1 "
+            f"(research: -1), got {self.memory_position!r}.",
+        )
 
     @property
     def encoder_hidden_size(self) -> int:
@@ -87,6 +125,7 @@ class _TransformerCompressionConfig(PretrainedConfig):
         return self.encoder_config.hidden_size // self.compression
 
 
+@strict
 class TransformerAutoencoderConfig(_TransformerCompressionConfig):
     r"""
     Configuration of a [`TransformerAutoencoderModel`] (research `UnrolledAutoencodingTransformer`).
@@ -136,63 +175,40 @@ class TransformerAutoencoderConfig(_TransformerCompressionConfig):
 
     model_type = "transformer_autoencoder"
 
-    def __init__(
-        self,
-        vocab_size: int = 8000,
-        encoder_config: LlamaConfig | dict | None = None,
-        decoder_config: LlamaConfig | dict | None = None,
-        window_length: int = 512,
-        compression: int = 1,
-        decoder_input: str = "unroll",
-        memory_position: int = -1,
-        encoder_final_norm: bool = False,
-        decoder_final_norm: bool = False,
-        initializer_range: float = 0.02,
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        owner = type(self).__name__
-        default = research_llama_config(512, 8, 4, vocab_size=vocab_size)
-        self.encoder_config = _llama_sub_config(owner, "encoder_config", encoder_config, vocab_size, default)
-        self.decoder_config = _llama_sub_config(owner, "decoder_config", decoder_config, vocab_size,
-                                                self.encoder_config)
-        self.window_length = window_length
-        self.compression = compression
-        self.decoder_input = decoder_input
-        self.memory_position = memory_position
-        self.encoder_final_norm = encoder_final_norm
-        self.decoder_final_norm = decoder_final_norm
-        self.initializer_range = initializer_range
-        self.tie_word_embeddings = tie_word_embeddings
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+    vocab_size: int = positive(default=8000)
+    encoder_config: LlamaConfig | dict | None = None
+    decoder_config: LlamaConfig | dict | None = None
+    window_length: int = positive(default=512)
+    compression: int = positive(default=1)
+    decoder_input: Literal["unroll", "repeat"] = "unroll"
+    memory_position: int = -1
+    encoder_final_norm: bool = False
+    decoder_final_norm: bool = False
+    initializer_range: int | float = std(default=0.02)
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
-    def _check(self) -> None:
-        self._check_common()
-        check_integers(self, ("window_length",))
+    def _fill_defaults(self) -> None:
+        self._build_stacks(research_llama_config(512, 8, 4, vocab_size=self.vocab_size), None)
+
+    def validate_autoencoder(self) -> None:
+        """Where the memory is read, how it is unrolled, and what the bottleneck needs."""
         self._check_memory_position(self.window_length, "window_length")
-        if self.decoder_input not in ("unroll", "repeat"):
-            raise ValueError(f"TransformerAutoencoderConfig.decoder_input must be 'unroll' or 'repeat', "
-                             f"got {self.decoder_input!r}.")
-        if self.decoder_input == "unroll" and self.decoder_hidden_size < 2:
-            raise ValueError("decoder_input='unroll' needs decoder_config.hidden_size >= 2 (rows of D // 2 features).")
-        if self.compression > 1 and self.has_bridge:
-            raise ValueError(
-                f"compression={self.compression} needs equal encoder and decoder widths (got "
-                f"{self.encoder_hidden_size} and {self.decoder_hidden_size}): the research model applies its "
-                "encoder-width bottleneck after the bridge, which only runs when there is no bridge. Set compression=1 "
-                "or give both Llama configs the same hidden_size."
-            )
-        if self.tie_word_embeddings:
-            raise ValueError("TransformerAutoencoderConfig.tie_word_embeddings must be False: the encoder's input "
-                             "embedding and the decoder's lm_head are separate matrices in every research model.")
+        if self.decoder_config is None or self.encoder_config is None:
+            return
+        self._require(self.decoder_input != "unroll" or self.decoder_hidden_size >= 2,
+                      "decoder_input='unroll' needs decoder_config.hidden_size >= 2 (rows of D // 2 features).")
+        self._require(
+            self.compression == 1 or not self.has_bridge,
+            f"compression={self.compression} needs equal encoder and decoder widths (got {self.encoder_hidden_size} "
+            f"and {self.decoder_hidden_size}): the research model applies its encoder-width bottleneck after the "
+            "bridge, which only runs when there is no bridge. Set compression=1 or give both Llama configs the same "
+            "hidden_size.",
+        )
+        self._require(not self.tie_word_embeddings, "tie_word_embeddings must be False: the encoder's input embedding "
+                      "and the decoder's lm_head are separate matrices in every research model.")
 
     @property
     def has_bridge(self) -> bool:
@@ -205,6 +221,7 @@ class TransformerAutoencoderConfig(_TransformerCompressionConfig):
         return self.code_size
 
 
+@strict
 class VariableMemoryTransformerConfig(_TransformerCompressionConfig):
     r"""
     Configuration of a [`VariableMemoryTransformerForCausalLM`] (research `VariableMemoryTransformer` /
@@ -253,68 +270,34 @@ class VariableMemoryTransformerConfig(_TransformerCompressionConfig):
     """
 
     model_type = "variable_memory_transformer"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
+    vocab_size: int = positive(default=8000)
+    encoder_config: LlamaConfig | dict | None = None
+    decoder_config: LlamaConfig | dict | None = None
+    chunk_length: int = positive(default=256)
+    num_chunks: int = positive(default=4)
+    compression: int = positive(default=1)
+    fixed_memory: bool = True
+    memory_position: int = -1
+    memory_fill_value: int | float = finite_number(default=1.0)
+    no_memory: bool = False
+    encoder_final_norm: bool = True
+    decoder_final_norm: bool = True
+    tie_word_embeddings: bool = False
+    initializer_range: int | float = std(default=0.02)
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
-    def __init__(
-        self,
-        vocab_size: int = 8000,
-        encoder_config: LlamaConfig | dict | None = None,
-        decoder_config: LlamaConfig | dict | None = None,
-        chunk_length: int = 256,
-        num_chunks: int = 4,
-        compression: int = 1,
-        fixed_memory: bool = True,
-        memory_position: int = -1,
-        memory_fill_value: float = 1.0,
-        no_memory: bool = False,
-        encoder_final_norm: bool = True,
-        decoder_final_norm: bool = True,
-        tie_word_embeddings: bool = False,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        owner = type(self).__name__
-        default = None if no_memory else research_llama_config(512, 16, 4, vocab_size=vocab_size)
-        self.encoder_config = _llama_sub_config(owner, "encoder_config", encoder_config, vocab_size, default)
-        decoder_default = self.encoder_config or research_llama_config(512, 16, 4, vocab_size=vocab_size)
-        self.decoder_config = _llama_sub_config(owner, "decoder_config", decoder_config, vocab_size, decoder_default)
-        self.chunk_length = chunk_length
-        self.num_chunks = num_chunks
-        self.compression = compression
-        self.fixed_memory = fixed_memory
-        self.memory_position = memory_position
-        self.memory_fill_value = memory_fill_value
-        self.no_memory = no_memory
-        self.encoder_final_norm = encoder_final_norm
-        self.decoder_final_norm = decoder_final_norm
-        self.tie_word_embeddings = tie_word_embeddings
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self._check()
-        super().__init__(**kwargs)
+    def _fill_defaults(self) -> None:
+        default = research_llama_config(512, 16, 4, vocab_size=self.vocab_size)
+        self._build_stacks(None if self.no_memory else default, default)
 
-    def _check(self) -> None:
-        self._check_common()
-        check_integers(self, ("chunk_length", "num_chunks"))
+    def validate_memory(self) -> None:
+        """Where the memory is read, and that there is an encoder to read it from."""
         self._check_memory_position(self.chunk_length, "chunk_length")
-        for field in ("fixed_memory", "no_memory"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"VariableMemoryTransformerConfig.{field} must be True or False, "
-                                 f"got {getattr(self, field)!r}.")
-        if isinstance(self.memory_fill_value, bool) or not isinstance(self.memory_fill_value, (int, float)):
-            raise ValueError(f"VariableMemoryTransformerConfig.memory_fill_value must be a number (research: 1.0), "
-                             f"got {self.memory_fill_value!r}.")
-        if not self.no_memory and self.encoder_config is None:
-            raise ValueError("VariableMemoryTransformerConfig.encoder_config is required unless no_memory=True "
-                             "(a LlamaConfig or a dict of its arguments).")
+        self._require(self.no_memory or self.encoder_config is not None, "encoder_config is required unless "
+                      "no_memory=True (a LlamaConfig or a dict of its arguments).")
 
     @property
     def context_length(self) -> int:

@@ -5,22 +5,29 @@ Every stack of these models is a stack of Masked Mixer blocks; `mixer_stack_conf
 the [`MaskedMixerConfig`] of one stack, so the blocks (and their kernels and caches) are the Masked Mixer's own.
 """
 
-from __future__ import annotations
+from typing import Literal, get_args
 
+from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from .configuration_masked_mixer import MaskedMixerConfig
 from .zoo_config import (
     KERNEL_REVISION,
-    KEYS_TO_IGNORE_AT_INFERENCE,
-    check_activation,
-    check_integers,
+    ZooConfig,
+    activation,
     default_kernel_repo,
+    non_negative,
+    positive,
+    positive_number,
+    std,
 )
 
-DECODER_INPUTS = ("unroll", "repeat")
-COMBINATIONS = ("token", "embedding")
-MEMORY_SOURCES = ("window", "previous_chunk")
+DecoderInput = Literal["unroll", "repeat"]
+Combination = Literal["token", "embedding"]
+MemorySource = Literal["window", "previous_chunk"]
+DECODER_INPUTS = get_args(DecoderInput)
+COMBINATIONS = get_args(Combination)
+MEMORY_SOURCES = get_args(MemorySource)
 
 
 def mixer_stack_config(
@@ -52,23 +59,45 @@ def mixer_stack_config(
     )
 
 
-class _CompressionConfig(PretrainedConfig):
+class _CompressionConfig(ZooConfig):
     """Fields and checks common to the compression models (not registered on its own)."""
 
-    def _check_common(self, integers: tuple[str, ...], head_fields: tuple[tuple[str, str], ...]) -> None:
-        check_integers(self, integers)
-        check_integers(self, [heads for heads, _ in head_fields], minimum=0)
-        for heads, width in head_fields:
-            if getattr(self, heads) and getattr(self, width) % getattr(self, heads):
-                raise ValueError(f"{type(self).__name__}.{width} = {getattr(self, width)} is not divisible by "
-                                 f"{heads} = {getattr(self, heads)}: every mixing head gets width // heads features.")
-        check_activation(self)
+    vocab_size: int = positive(default=8000)
+    intermediate_size: int | None = positive(default=None)
+    compression: int = positive(default=1)
+    memory_position: int = -1
+    hidden_act: str = activation(default="gelu")
+    layer_norm_eps: int | float = positive_number(default=1e-5)
+    use_kernels: bool = True
+    kernel_repo_id: str | None = default_kernel_repo("masked_mixing")
+    kernel_revision: str | None = KERNEL_REVISION
+    initializer_range: int | float = std(default=0.02)
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
 
-    def _check_compression(self, width_field: str) -> None:
+    # (heads field, width field) pairs: every mixing head gets width // heads features.
+    _head_fields = ()
+    # The width the bottleneck divides.
+    _compressed_width = "encoder_hidden_size"
+
+    def validate_widths(self) -> None:
+        """Mixing heads and the bottleneck split their widths evenly."""
+        for heads, width in type(self)._head_fields:
+            self._require(
+                not getattr(self, heads) or getattr(self, width) % getattr(self, heads) == 0,
+                f"{width} = {getattr(self, width)} is not divisible by {heads} = {getattr(self, heads)}: every mixing "
+                "head gets width // heads features.",
+            )
+        width_field = type(self)._compressed_width
         width = getattr(self, width_field)
-        if width % self.compression:
-            raise ValueError(f"{type(self).__name__}.compression = {self.compression} must divide {width_field} = "
-                             f"{width} (the code has {width_field} // compression features).")
+        self._require(
+            width % self.compression == 0,
+            f"compression = {self.compression} must divide {width_field} = {width} (the code has {width_field} // "
+            "compression features).",
+        )
 
 
 _COMMON_ARGS_DOC = """
@@ -81,6 +110,7 @@ _COMMON_ARGS_DOC = """
         pad_token_id / bos_token_id / eos_token_id (`int`, *optional*): special token ids (research: pad = eos)."""
 
 
+@strict
 class MixerAutoencoderConfig(_CompressionConfig):
     r"""
     Configuration of a [`MixerAutoencoderModel`] (research `AutoencodingMixer`).
@@ -126,77 +156,34 @@ class MixerAutoencoderConfig(_CompressionConfig):
 
     model_type = "mixer_autoencoder"
 
-    def __init__(
-        self,
-        vocab_size: int = 8000,
-        hidden_size: int = 512,
-        encoder_layers: int = 8,
-        decoder_layers: int = 8,
-        window_length: int = 512,
-        encoder_mixing_kernel_size: int = 1,
-        decoder_mixing_kernel_size: int = 1,
-        encoder_num_mixing_heads: int = 0,
-        decoder_num_mixing_heads: int = 0,
-        encoder_mixing_out_proj: bool = False,
-        encoder_intermediate_size: int | None = None,
-        intermediate_size: int | None = None,
-        compression: int = 1,
-        decoder_input: str = "unroll",
-        memory_position: int = -1,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        initializer_range: float = 0.02,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.encoder_layers = encoder_layers
-        self.decoder_layers = decoder_layers
-        self.window_length = window_length
-        self.encoder_mixing_kernel_size = encoder_mixing_kernel_size
-        self.decoder_mixing_kernel_size = decoder_mixing_kernel_size
-        self.encoder_num_mixing_heads = encoder_num_mixing_heads
-        self.decoder_num_mixing_heads = decoder_num_mixing_heads
-        self.encoder_mixing_out_proj = encoder_mixing_out_proj
-        self.encoder_intermediate_size = encoder_intermediate_size or 4 * hidden_size
-        self.intermediate_size = intermediate_size or 4 * hidden_size
-        self.compression = compression
-        self.decoder_input = decoder_input
-        self.memory_position = memory_position
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.initializer_range = initializer_range
+    hidden_size: int = positive(default=512)
+    encoder_layers: int = positive(default=8)
+    decoder_layers: int = positive(default=8)
+    window_length: int = positive(default=512)
+    encoder_mixing_kernel_size: int = positive(default=1)
+    decoder_mixing_kernel_size: int = positive(default=1)
+    encoder_num_mixing_heads: int = non_negative(default=0)
+    decoder_num_mixing_heads: int = non_negative(default=0)
+    encoder_mixing_out_proj: bool = False
+    encoder_intermediate_size: int | None = positive(default=None)
+    decoder_input: DecoderInput = "unroll"
+
+    _head_fields = (("encoder_num_mixing_heads", "hidden_size"), ("decoder_num_mixing_heads", "hidden_size"))
+    _compressed_width = "hidden_size"
+
+    def _fill_defaults(self) -> None:
+        self.encoder_intermediate_size = self.encoder_intermediate_size or 4 * self.hidden_size
+        self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
         # The decoder's head and the encoder's embedding are different matrices in the research model.
         self.tie_word_embeddings = False
-        kwargs.pop("tie_word_embeddings", None)
-        self._check()
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 
-    def _check(self) -> None:
-        self._check_common(
-            ("vocab_size", "hidden_size", "encoder_layers", "decoder_layers", "window_length",
-             "encoder_mixing_kernel_size", "decoder_mixing_kernel_size", "encoder_intermediate_size",
-             "intermediate_size", "compression"),
-            (("encoder_num_mixing_heads", "hidden_size"), ("decoder_num_mixing_heads", "hidden_size")),
-        )
-        self._check_compression("hidden_size")
-        if self.decoder_input not in DECODER_INPUTS:
-            raise ValueError(f"MixerAutoencoderConfig.decoder_input must be one of {DECODER_INPUTS}, "
-                             f"got {self.decoder_input!r}.")
-        if self.decoder_input == "unroll" and self.hidden_size < 2:
-            raise ValueError("decoder_input='unroll' needs hidden_size >= 2 (rows of hidden_size // 2 features).")
-        if not isinstance(self.memory_position, int) or not -self.window_length <= self.memory_position < 0:
-            raise ValueError(f"MixerAutoencoderConfig.memory_position must be a negative position in the window "
-                             f"(-1 = last token, -2 for a causal-LM encoder), got {self.memory_position!r}.")
+    def validate_window(self) -> None:
+        """Where the memory is read, and how it is unrolled."""
+        self._require(self.decoder_input != "unroll" or self.hidden_size >= 2,
+                      "decoder_input='unroll' needs hidden_size >= 2 (rows of hidden_size // 2 features).")
+        self._require(-self.window_length <= self.memory_position < 0,
+                      f"memory_position must be a negative position in the window (-1 = last token, -2 for a "
+                      f"causal-LM encoder), got {self.memory_position!r}.")
 
     @property
     def memory_size(self) -> int:
@@ -214,6 +201,7 @@ class MixerAutoencoderConfig(_CompressionConfig):
                                   self.intermediate_size)
 
 
+@strict
 class VariableMemoryMixerConfig(_CompressionConfig):
     r"""
     Configuration of a [`VariableMemoryMixerForCausalLM`] (research `VariableMemoryMixer`).
@@ -251,84 +239,35 @@ class VariableMemoryMixerConfig(_CompressionConfig):
     """
 
     model_type = "variable_memory_mixer"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
+    encoder_hidden_size: int = positive(default=512)
+    hidden_size: int = positive(default=1024)
+    encoder_layers: int = positive(default=16)
+    decoder_layers: int = positive(default=16)
+    chunk_length: int = positive(default=256)
+    num_chunks: int = positive(default=4)
+    encoder_mixing_kernel_size: int = positive(default=1)
+    encoder_num_mixing_heads: int = non_negative(default=0)
+    encoder_mixing_out_proj: bool = False
+    encoder_intermediate_size: int | None = positive(default=None)
+    no_memory: bool = False
+    encoder_context: int | None = positive(default=None)
+    encoder_pad_token_id: int = non_negative(default=1)
 
-    def __init__(
-        self,
-        vocab_size: int = 8000,
-        encoder_hidden_size: int = 512,
-        hidden_size: int = 1024,
-        encoder_layers: int = 16,
-        decoder_layers: int = 16,
-        chunk_length: int = 256,
-        num_chunks: int = 4,
-        encoder_mixing_kernel_size: int = 1,
-        encoder_num_mixing_heads: int = 0,
-        encoder_mixing_out_proj: bool = False,
-        encoder_intermediate_size: int | None = None,
-        intermediate_size: int | None = None,
-        compression: int = 1,
-        no_memory: bool = False,
-        encoder_context: int | None = None,
-        encoder_pad_token_id: int = 1,
-        memory_position: int = -1,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.encoder_hidden_size = encoder_hidden_size
-        self.hidden_size = hidden_size
-        self.encoder_layers = encoder_layers
-        self.decoder_layers = decoder_layers
-        self.chunk_length = chunk_length
-        self.num_chunks = num_chunks
-        self.encoder_mixing_kernel_size = encoder_mixing_kernel_size
-        self.encoder_num_mixing_heads = encoder_num_mixing_heads
-        self.encoder_mixing_out_proj = encoder_mixing_out_proj
-        self.encoder_intermediate_size = encoder_intermediate_size or 4 * encoder_hidden_size
-        self.intermediate_size = intermediate_size or 4 * hidden_size
-        self.compression = compression
-        self.no_memory = no_memory
-        self.encoder_context = encoder_context
-        self.encoder_pad_token_id = encoder_pad_token_id
-        self.memory_position = memory_position
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self._check()
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+    _head_fields = (("encoder_num_mixing_heads", "encoder_hidden_size"),)
 
-    def _check(self) -> None:
-        self._check_common(
-            ("vocab_size", "encoder_hidden_size", "hidden_size", "encoder_layers", "decoder_layers", "chunk_length",
-             "num_chunks", "encoder_mixing_kernel_size", "encoder_intermediate_size", "intermediate_size",
-             "compression"),
-            (("encoder_num_mixing_heads", "encoder_hidden_size"),),
+    def _fill_defaults(self) -> None:
+        self.encoder_intermediate_size = self.encoder_intermediate_size or 4 * self.encoder_hidden_size
+        self.intermediate_size = self.intermediate_size or 4 * self.hidden_size
+
+    def validate_encoder_window(self) -> None:
+        """The encoder window holds a chunk, and the memory is read inside it."""
+        self._require(
+            self.encoder_context is None or self.encoder_context >= self.chunk_length,
+            f"encoder_context = {self.encoder_context} is shorter than chunk_length = {self.chunk_length}; it must "
+            "hold a whole chunk (or be None).",
         )
-        self._check_compression("encoder_hidden_size")
-        if self.encoder_context is not None:
-            check_integers(self, ("encoder_context",))
-            if self.encoder_context < self.chunk_length:
-                raise ValueError(f"VariableMemoryMixerConfig.encoder_context = {self.encoder_context} is shorter than "
-                                 f"chunk_length = {self.chunk_length}; it must hold a whole chunk (or be None).")
-        if not isinstance(self.memory_position, int) or not -self.encoder_length <= self.memory_position < 0:
-            raise ValueError(f"VariableMemoryMixerConfig.memory_position must be a negative encoder position "
-                             f"(-1 = last), got {self.memory_position!r}.")
+        self._require(-self.encoder_length <= self.memory_position < 0,
+                      f"memory_position must be a negative encoder position (-1 = last), got {self.memory_position!r}.")
 
     @property
     def encoder_length(self) -> int:
@@ -350,6 +289,7 @@ class VariableMemoryMixerConfig(_CompressionConfig):
                                   intermediate_size=self.intermediate_size)
 
 
+@strict
 class MemoryMixerConfig(_CompressionConfig):
     r"""
     Configuration of a [`MemoryMixerForCausalLM`], the memory-token mixer (research `MemoryMixer`).
@@ -387,75 +327,29 @@ class MemoryMixerConfig(_CompressionConfig):
     """
 
     model_type = "memory_mixer"
-    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
+    encoder_hidden_size: int = positive(default=512)
+    hidden_size: int = positive(default=512)
+    encoder_layers: int = positive(default=8)
+    decoder_layers: int = positive(default=8)
+    chunk_length: int = positive(default=512)
+    mixing_kernel_size: int = positive(default=1)
+    encoder_num_mixing_heads: int = non_negative(default=0)
+    encoder_intermediate_size: int | None = positive(default=None)
+    compression: int = positive(default=4)
+    combination: Combination = "token"
+    memory_source: MemorySource = "window"
 
-    def __init__(
-        self,
-        vocab_size: int = 8000,
-        encoder_hidden_size: int = 512,
-        hidden_size: int = 512,
-        encoder_layers: int = 8,
-        decoder_layers: int = 8,
-        chunk_length: int = 512,
-        mixing_kernel_size: int = 1,
-        encoder_num_mixing_heads: int = 0,
-        encoder_intermediate_size: int | None = None,
-        intermediate_size: int | None = None,
-        compression: int = 4,
-        combination: str = "token",
-        memory_source: str = "window",
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        use_kernels: bool = True,
-        kernel_repo_id: str | None = default_kernel_repo("masked_mixing"),
-        kernel_revision: str | None = KERNEL_REVISION,
-        initializer_range: float = 0.02,
-        use_cache: bool = True,
-        tie_word_embeddings: bool = False,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.encoder_hidden_size = encoder_hidden_size
-        self.hidden_size = hidden_size
-        self.encoder_layers = encoder_layers
-        self.decoder_layers = decoder_layers
-        self.chunk_length = chunk_length
-        self.mixing_kernel_size = mixing_kernel_size
-        self.encoder_num_mixing_heads = encoder_num_mixing_heads
-        self.compression = compression
-        self.combination = combination
-        self.memory_source = memory_source
-        self.encoder_intermediate_size = encoder_intermediate_size or 4 * encoder_hidden_size
-        self.intermediate_size = intermediate_size or 4 * self.decoder_width
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.use_kernels = use_kernels
-        self.kernel_repo_id = kernel_repo_id
-        self.kernel_revision = kernel_revision
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        self._check(tie_word_embeddings)
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+    _head_fields = (("encoder_num_mixing_heads", "encoder_hidden_size"),)
 
-    def _check(self, tie_word_embeddings: bool) -> None:
-        self._check_common(
-            ("vocab_size", "encoder_hidden_size", "hidden_size", "encoder_layers", "decoder_layers", "chunk_length",
-             "mixing_kernel_size", "encoder_intermediate_size", "intermediate_size", "compression"),
-            (("encoder_num_mixing_heads", "encoder_hidden_size"),),
-        )
-        self._check_compression("encoder_hidden_size")
-        if self.combination not in COMBINATIONS:
-            raise ValueError(f"MemoryMixerConfig.combination must be one of {COMBINATIONS}, got {self.combination!r}.")
-        if self.memory_source not in MEMORY_SOURCES:
-            raise ValueError(f"MemoryMixerConfig.memory_source must be one of {MEMORY_SOURCES}, "
-                             f"got {self.memory_source!r}.")
-        if tie_word_embeddings and self.combination != "token":
-            raise ValueError("tie_word_embeddings needs combination='token': with 'embedding' the head is "
-                             "hidden_size + memory_size wide and the embedding hidden_size.")
+    def _fill_defaults(self) -> None:
+        self.encoder_intermediate_size = self.encoder_intermediate_size or 4 * self.encoder_hidden_size
+        self.intermediate_size = self.intermediate_size or 4 * self.decoder_width
+
+    def validate_tying(self) -> None:
+        """A tied head needs an embedding of its width."""
+        self._require(not self.tie_word_embeddings or self.combination == "token",
+                      "tie_word_embeddings needs combination='token': with 'embedding' the head is hidden_size + "
+                      "memory_size wide and the embedding hidden_size.")
 
     @property
     def memory_size(self) -> int:

@@ -1,13 +1,12 @@
 """Configuration of the retrieval mixer (Badger, "Masked Mixers for Language Generation and Retrieval", 2024)."""
 
-from __future__ import annotations
+from huggingface_hub.dataclasses import strict
 
-from transformers import PretrainedConfig
-
-from .zoo_config import check_activation, check_integers
+from .zoo_config import ZooConfig, activation, positive, positive_number, std
 
 
-class RetrievalMixerConfig(PretrainedConfig):
+@strict
+class RetrievalMixerConfig(ZooConfig):
     r"""
     Configuration of a [`RetrievalMixerModel`]: a small bidirectional mixer that scores candidate documents for a
     query, all given as embeddings (research `RetrievalMixer(dim, depth, n_samples)`).
@@ -35,33 +34,22 @@ class RetrievalMixerConfig(PretrainedConfig):
 
     model_type = "retrieval_mixer"
 
-    def __init__(
-        self,
-        hidden_size: int = 512,
-        num_hidden_layers: int = 8,
-        num_slots: int = 32,
-        intermediate_size: int | None = None,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_slots = num_slots
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self._check()
-        super().__init__(**kwargs)
+    hidden_size: int = positive(default=512)
+    num_hidden_layers: int = positive(default=8)
+    num_slots: int = positive(default=32)
+    intermediate_size: int | None = positive(default=None)
+    hidden_act: str = activation(default="gelu")
+    layer_norm_eps: int | float = positive_number(default=1e-5)
+    initializer_range: int | float = std(default=0.02)
 
-    def _check(self) -> None:
-        check_integers(self, ("hidden_size", "num_hidden_layers", "num_slots", "intermediate_size"))
-        if self.num_slots < 2:
-            raise ValueError(f"RetrievalMixerConfig.num_slots counts the query and its candidates, so it must be at "
-                             f"least 2, got {self.num_slots}.")
-        check_activation(self)
+    def _fill_defaults(self) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+
+    def validate_slots(self) -> None:
+        """A query needs at least one candidate."""
+        self._require(self.num_slots >= 2, f"num_slots counts the query and its candidates, so it must be at least 2, "
+                      f"got {self.num_slots}.")
 
     @property
     def num_candidates(self) -> int:

@@ -1,9 +1,17 @@
-"""Validation helpers shared by every memory-zoo config (travels with saved models as remote code)."""
+"""What every memory-zoo config shares (travels with saved models as remote code): the `ZooConfig` base class and
+the field validators its subclasses declare their fields with.
 
-from __future__ import annotations
+Configs are strict dataclasses, as transformers' own configs are since v5: every field is declared once, with its
+type and, where a type is not enough, a validator. `huggingface_hub.dataclasses.strict` checks the type and the
+validator on every assignment (so `mixing_expanded="false"` or `layer_norm_eps=0` is refused where it is written,
+at construction and at `from_pretrained` of an edited `config.json` alike) and runs the `validate_*` methods, which
+check how fields relate, once the config is built.
+"""
 
-from collections.abc import Iterable
+import math
 
+from huggingface_hub.dataclasses import as_validated_field
+from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from .zoo_versions import SUPPORTED_RANGE  # noqa: F401  (the import refuses an unsupported transformers by name)
@@ -22,20 +30,99 @@ def default_kernel_repo(name: str) -> str:
     return f"{KERNEL_ORGANIZATION}/{name.replace('_', '-')}"
 
 
-def check_integers(config: object, names: Iterable[str], minimum: int = 1) -> None:
-    """Raise a ValueError naming the field unless every ``config.<name>`` is an int (not a bool) >= ``minimum``."""
-    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}" if minimum else "a non-negative integer"
-    for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{type(config).__name__}.{name} must be {kind}, got {value!r}.")
+# Field validators. The type annotation is checked first (an int field refuses bools and strings, a float field
+# declared `int | float` refuses strings), so these only see values of the right type; None passes wherever the
+# annotation allows it.
 
 
-def check_activation(config: object, name: str = "hidden_act") -> None:
-    """Raise a ValueError naming the choices unless ``config.<name>`` is an activation transformers knows."""
-    value = getattr(config, name)
+@as_validated_field
+def positive(value: int | None) -> None:
+    """A size or a count: an integer >= 1."""
+    if value is not None and value < 1:
+        raise ValueError(f"must be >= 1 (it is a size or a count), got {value!r}.")
+
+
+@as_validated_field
+def non_negative(value: int | None) -> None:
+    """A count that may be zero."""
+    if value is not None and value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}.")
+
+
+@as_validated_field
+def positive_number(value: float | None) -> None:
+    """An epsilon, a rotary base, a scale or a learning rate: a finite number > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a finite number > 0, got {value!r}.")
+
+
+@as_validated_field
+def finite_number(value: float | None) -> None:
+    """Any finite number."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}.")
+
+
+@as_validated_field
+def dropout(value: float | None) -> None:
+    """A dropout probability, in [0, 1): 1 would drop everything."""
+    if value is not None and not 0.0 <= value < 1.0:
+        raise ValueError(f"must be a probability in [0, 1) (0 disables dropout), got {value!r}.")
+
+
+@as_validated_field
+def std(value: float | None) -> None:
+    """The standard deviation of an initialisation: finite, >= 0."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"must be a finite standard deviation >= 0, got {value!r}.")
+
+
+@as_validated_field
+def activation(value: str) -> None:
+    """The name of an activation transformers knows (`transformers.activations.ACT2FN`)."""
     if value not in ACT2FN:
-        raise ValueError(f"Unknown {name} {value!r}; choose one of {sorted(ACT2FN)}.")
+        raise ValueError(f"unknown activation {value!r}; choose one of {sorted(ACT2FN)}.")
 
 
-__all__ = ["KERNEL_ORGANIZATION", "KERNEL_REVISION", "KEYS_TO_IGNORE_AT_INFERENCE", "check_activation", "check_integers", "default_kernel_repo"]
+class ZooConfig(PretrainedConfig):
+    """Base of every memory-zoo configuration.
+
+    Subclasses are `@strict` dataclasses (as transformers' own configs): fields declared once with their types and
+    validators, derived defaults filled in by `_fill_defaults`, relations checked by `validate_*` methods. Research
+    names listed in `attribute_map` are accepted as keyword arguments and set their field before derived defaults
+    are computed, so `MemoryMosaicsConfig(n_embd=64)` is a 64-wide model in every respect.
+    """
+
+    keys_to_ignore_at_inference = KEYS_TO_IGNORE_AT_INFERENCE
+
+    def __post_init__(self, **kwargs) -> None:
+        for alias, name in type(self).attribute_map.items():
+            if alias in kwargs:
+                setattr(self, name, kwargs.pop(alias))
+        self._fill_defaults()
+        super().__post_init__(**kwargs)
+
+    def _fill_defaults(self) -> None:
+        """Fill the fields whose default depends on other fields (e.g. `intermediate_size = 4 * hidden_size`)."""
+
+    def _require(self, condition: bool, message: str) -> None:
+        """Raise a ValueError naming this config unless `condition` holds (for `validate_*` methods)."""
+        if not condition:
+            raise ValueError(f"{type(self).__name__}: {message}")
+
+
+__all__ = [
+    "KERNEL_ORGANIZATION",
+    "KERNEL_REVISION",
+    "KEYS_TO_IGNORE_AT_INFERENCE",
+    "ZooConfig",
+    "activation",
+    "default_kernel_repo",
+    "dropout",
+    "finite_number",
+    "non_negative",
+    "positive",
+    "positive_number",
+    "std",
+]
+
