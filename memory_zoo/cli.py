@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
 
 def _refuse_task_model(model_dir: str, command: str) -> None:
     """`generate` and `eval` need a language model; say so for the models that read embeddings instead."""
@@ -27,12 +25,20 @@ def _refuse_task_model(model_dir: str, command: str) -> None:
                          "model(inputs_embeds=...) (see the README, Retrieval).")
 
 
+def _check_model_location(model_dir: str) -> None:
+    """A model folder that does not exist, named as such (transformers would call it an invalid repository id)."""
+    path = Path(model_dir)
+    if path.exists() or not model_dir.startswith((".", "/", "~")) and model_dir.count("/") <= 1:
+        return  # a folder, or what may be a Hub repository id
+    raise ValueError(f"The model folder {path} does not exist: check the path (or give a Hub repository id).")
+
+
 def _convert(args: argparse.Namespace) -> None:
     from .conversion import convert
 
     model = convert(args.source, args.checkpoint, args.output_dir, config=args.config, dtype=args.dtype,
                     tokenizer=args.tokenizer, reference=args.reference, research_commit=args.research_commit,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, allow_non_finite=args.allow_non_finite)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"Converted {args.source} checkpoint {args.checkpoint} -> {args.output_dir} "
           f"({type(model).__name__}, {parameters:,} parameters, {args.dtype}).")
@@ -40,21 +46,24 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .conversion.common import load_tokenizer
 
     # Importing memory_zoo (this module's package) registered every architecture with the Auto classes.
+    _check_model_location(args.model_dir)
     _refuse_task_model(args.model_dir, "generate")
-    source = Path(args.tokenizer or args.model_dir)
-    if source.is_dir() and not any((source / name).is_file() for name in _TOKENIZER_FILES):
-        raise ValueError(
-            f"{source} has no tokenizer ({' or '.join(_TOKENIZER_FILES)}). Converted research checkpoints carry "
-            "none: pass --tokenizer DIR, or convert with --tokenizer."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(args.tokenizer or args.model_dir, args.model_dir if args.tokenizer else None)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[-1]
+    if prompt_length == 0:
+        raise ValueError("The prompt is empty (0 tokens): give the text to continue, e.g. "
+                         f"`memory-zoo generate {args.model_dir} \"Once upon a time\"`.")
     context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and prompt_length >= context:
+        raise ValueError(f"The prompt has {prompt_length} tokens, but this model's context is {context} tokens: "
+                         "shorten the prompt.")
     if context is not None and prompt_length + args.max_new_tokens > context:
         raise ValueError(
             f"The prompt has {prompt_length} tokens and --max-new-tokens is {args.max_new_tokens}, but this model's "
@@ -82,6 +91,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     from .evaluation import evaluate_file, format_results
 
+    _check_model_location(args.model_dir)
     _refuse_task_model(args.model_dir, "eval")
     results = evaluate_file(args.model_dir, args.text_file, tokenizer=args.tokenizer, context=args.context,
                             stride=args.stride, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
@@ -121,10 +131,17 @@ def _push_kernels(args: argparse.Namespace) -> None:
         print(f"Pushed kernel {pushed.name} -> {pushed.repo_id} (branch {pushed.branch}, commit {pushed.commit}).")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, reporting a usage error in one line (with where to find the usage) instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .conversion import DTYPES, SOURCES
 
-    parser = argparse.ArgumentParser(prog="memory-zoo", description=__doc__)
+    parser = _Parser(prog="memory-zoo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log conversion notes and library messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -147,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="commit of the research code the checkpoint was trained with (recorded)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace the contents of a non-empty OUTPUT_DIR (by default it is refused)")
+    convert.add_argument("--allow-non-finite", action="store_true",
+                         help="convert weights holding NaN or infinite values, with a warning (by default refused)")
     convert.set_defaults(func=_convert)
 
     generate = commands.add_parser("generate", help="generate text from a model folder")
@@ -206,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input can cause: refused values, files and configs (strict config validation raises its own
+    class). A KeyboardInterrupt, a RuntimeError from inside torch or an AttributeError is not in this list."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return (ValueError, TypeError, OSError, StrictDataclassError)
+
+
+USER_ERRORS = _user_errors()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -216,8 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError) as error:
-        print(f"memory-zoo {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        # One line: the problem and its fix. Anything else is a bug of ours and keeps its traceback.
+        message = " ".join(str(error).split())
+        if type(error).__name__.startswith("StrictDataclass") and getattr(args, "model_dir", None):
+            message = f"{args.model_dir}/config.json is not a valid configuration: {message} Fix the value in that file."
+        print(f"memory-zoo {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

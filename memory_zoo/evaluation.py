@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conversion.common import TOKENIZER_FILES
 from .metrics import _batches, _eval_mode, _model_device, reconstruction_metrics
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 __all__ = [
     "TOKENIZER_FILES",
@@ -259,19 +259,16 @@ def load_for_evaluation(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The model of `model_dir` (its causal-LM class, or `AutoModel` for an autoencoder) and its tokenizer (from
     `tokenizer`, else `model_dir`), in eval mode on `device` (default: CUDA when available, else CPU)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    source = Path(tokenizer or model_dir)
-    if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(
-            f"{source} has no tokenizer ({' or '.join(TOKENIZER_FILES)}). Converted research checkpoints carry none: "
-            "pass --tokenizer DIR, or convert with --tokenizer."
-        )
+    from .conversion.common import load_tokenizer
+
+    loaded_tokenizer = load_tokenizer(tokenizer or model_dir, model_dir if tokenizer else None)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     auto = AutoModel if is_autoencoder(config) else AutoModelForCausalLM
     model = auto.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(source)
+    return model.to(device).eval(), loaded_tokenizer
 
 
 def evaluate_file(
@@ -288,6 +285,9 @@ def evaluate_file(
     """[`perplexity`] of the model folder `model_dir` on the UTF-8 file `text_file` (what `memory-zoo eval` runs);
     the result also names the model class and the file."""
     path = Path(text_file)
+    if not path.is_file():
+        raise ValueError(f"The text file {path} does not exist{' (it is a folder)' if path.is_dir() else ''}: pass the "
+                         "path of a UTF-8 text file to score.")
     text = path.read_text(encoding="utf-8")  # before loading the model: a missing or empty file fails fast
     if not text.strip():
         raise ValueError(f"{path} is empty: there is nothing to evaluate.")

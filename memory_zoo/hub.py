@@ -31,6 +31,7 @@ from transformers import AutoConfig, GenerationMixin, PretrainedConfig, PreTrain
 
 from . import ARCHITECTURES, __version__
 from .configuration.zoo_config import KERNEL_ORGANIZATION
+from .conversion.common import TOKENIZER_FILES
 from .hub_kernels.build import KERNELS_ROOT, kernel_dirs
 
 # The organisation that publishes memory-zoo's kernels (one place: configuration/zoo_config.py); `build.toml`
@@ -87,7 +88,6 @@ PARITY_TESTS: dict[str, tuple[str, str, str]] = {
 # Fields every transformers config has: left out of the card's table, which shows the architecture's own fields.
 _GENERIC_CONFIG_KEYS = set(PretrainedConfig().to_dict()) | {"auto_map", "transformers_version", "_name_or_path"}
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _IGNORED = ["__pycache__/", "*.pyc", ".ipynb_checkpoints/"]
 
 
@@ -187,14 +187,14 @@ def model_card(
         if conversion is None and source_dir is not None and (source_dir / "conversion.json").is_file():
             conversion = json.loads((source_dir / "conversion.json").read_text(encoding="utf-8"))
         if has_tokenizer is None:
-            has_tokenizer = source_dir is not None and any((source_dir / n).is_file() for n in _TOKENIZER_FILES)
+            has_tokenizer = source_dir is not None and any((source_dir / n).is_file() for n in TOKENIZER_FILES)
     else:
         check_model_dir(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
         if conversion is None and (model_dir / "conversion.json").is_file():
             conversion = json.loads((model_dir / "conversion.json").read_text(encoding="utf-8"))
         if has_tokenizer is None:
-            has_tokenizer = any((model_dir / name).is_file() for name in _TOKENIZER_FILES)
+            has_tokenizer = any((model_dir / name).is_file() for name in TOKENIZER_FILES)
     class_name = _model_class_name(config, model)
     causal = isinstance(model, GenerationMixin) if model is not None else (
         "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}) or class_name.endswith("ForCausalLM"))
@@ -428,7 +428,7 @@ def push_pretrained(
         if remote_card is None or _is_generated(remote_card):
             tags = list(dict.fromkeys([*(model.model_tags or []), *(tags or [])]))
             # the tokenizer travels separately (tokenizer.push_to_hub): the card shows it if the repository has one
-            has_tokenizer = bool(remote_files & set(_TOKENIZER_FILES)) or None
+            has_tokenizer = bool(remote_files & set(TOKENIZER_FILES)) or None
             card = model_card(model, repo_id, license=license, tags=tags, has_tokenizer=has_tokenizer)
             (folder / "README.md").write_text(card, encoding="utf-8")
         if revision is not None and not revision.startswith("refs/pr"):

@@ -182,7 +182,7 @@ def test_cli_errors(saved_model, capsys):
         ([str(root / "bare"), str(root / "text.txt")], "has no tokenizer"),
         ([str(root / "bare"), str(root / "text.txt"), "--tokenizer", str(root / "model")], None),
         ([str(root / "model"), str(root / "empty.txt")], "is empty"),
-        ([str(root / "model"), str(root / "missing.txt")], "No such file"),
+        ([str(root / "model"), str(root / "missing.txt")], "missing.txt does not exist"),
         ([str(root / "model"), str(root / "text.txt"), "--context", "1"], "at least 2 tokens"),
         ([str(root / "model"), str(root / "text.txt"), "--context", "32"], "24"),  # the model's own limit
         ([str(root / "model"), str(root / "text.txt"), "--stride", "30"], "stride must be between"),

@@ -17,6 +17,7 @@ from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
 from ..modeling.modeling_memory_transformer import TransformerAutoencoderModel, VariableMemoryTransformerForCausalLM
 from ..modeling.modeling_mixer_autoencoder import MixerAutoencoderModel
 from ..modeling.modeling_retrieval_mixer import RetrievalMixerModel
+from ..modeling.zoo_common import non_finite_tensors
 from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder, retrieval_mixer
 from .common import (
     CheckpointRefused,
@@ -26,6 +27,7 @@ from .common import (
     find_checkpoint_file,
     load_research_config,
     load_state_dict,
+    load_tokenizer,
     logger,
     staged_folder,
 )
@@ -70,6 +72,29 @@ _SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES, *mixer_a
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _check_tensors(converted: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], checkpoint: Path,
+                   allow_non_finite: bool) -> None:
+    """Refuse tensors whose shape the research config does not predict, and (unless allowed) non-finite weights."""
+    mismatched = [f"{key} {tuple(tensor.shape)} (expected {tuple(expected[key].shape)})"
+                  for key, tensor in converted.items() if key in expected and tensor.shape != expected[key].shape]
+    if mismatched:
+        shown = ", ".join(mismatched[:8]) + (f" and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
+        raise ConversionError(
+            f"{checkpoint}: {len(mismatched)} tensor(s) do not have the shape the configuration implies: {shown}. "
+            "The research config passed with --config does not describe this checkpoint: pass the config it was "
+            "trained with, or leave --config out where the converter can read the sizes from the tensors."
+        )
+    bad = non_finite_tensors(converted.items())
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        message = (f"{checkpoint}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); every output that reads "
+                   "them would be NaN. The checkpoint was saved after training diverged, or is damaged: convert an "
+                   "earlier one")
+        if not allow_non_finite:
+            raise ConversionError(message + ", or pass --allow-non-finite (allow_non_finite=True) to convert it anyway.")
+        logger.warning("%s (converted anyway: allow_non_finite).", message)
+
+
 def convert(
     source: str,
     checkpoint: str | os.PathLike,
@@ -81,6 +106,7 @@ def convert(
     research_commit: str | None = None,
     tolerance: float = 1e-5,
     overwrite: bool = False,
+    allow_non_finite: bool = False,
 ):
     """Convert the research checkpoint at ``checkpoint`` and save it (weights, config, remote code) to ``output_dir``.
 
@@ -92,6 +118,9 @@ def convert(
 
     ``output_dir`` must be new or empty unless ``overwrite``; the model is written to a temporary sibling folder and
     moved into place at the end, so a failed or interrupted conversion leaves ``output_dir`` as it was.
+
+    Weights holding NaN or infinite values are refused (a checkpoint saved after training diverged) unless
+    ``allow_non_finite``, which converts them with a warning.
     """
     if source not in SOURCES:
         raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
@@ -105,16 +134,21 @@ def convert(
     weights_file = find_checkpoint_file(checkpoint) if source in _SINGLE_FILE_SOURCES else Path(checkpoint)
     if not weights_file.exists():
         raise ConversionError(f"Checkpoint {weights_file} does not exist.")
-    model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
+    try:
+        model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
+    except RuntimeError as error:  # torch refusing a reshape, cat or copy of a tensor the mapping did not expect
+        raise ConversionError(
+            f"{weights_file}: a tensor does not have the shape a {source} checkpoint of this configuration has "
+            f"({' '.join(str(error).split())}). Check that SOURCE is right and that --config is the config this "
+            "checkpoint was trained with."
+        ) from error
 
     tok = None
     if tokenizer is not None and not hasattr(model_config, "vocab_size"):
         raise ConversionError(f"A {source} model reads embeddings, not tokens: it has no tokenizer. Save the tokenizer "
                               "with the embedding model (SOURCE masked-mixer) instead.")
     if tokenizer is not None:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        tok = load_tokenizer(tokenizer)
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             setattr(model_config, name, getattr(tok, name))
         if len(tok) > model_config.vocab_size:
@@ -124,6 +158,7 @@ def convert(
     if not isinstance(model_class, type):
         model_class = model_class(model_config)
     model = model_class(model_config)
+    _check_tensors(state_dict, model.state_dict(), weights_file, allow_non_finite)
     result = model.load_state_dict(state_dict, strict=False)
     tied = getattr(model_config, "tie_word_embeddings", False)
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]

@@ -215,6 +215,33 @@ def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_tokenizer(location: str | os.PathLike, model_dir: str | os.PathLike | None = None):
+    """The tokenizer saved at `location` (a folder, or a Hub repository id), refused in words a user can act on:
+    a folder without tokenizer files (converted research checkpoints carry none), a path that does not exist."""
+    from transformers import AutoTokenizer
+
+    path = Path(location)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise ValueError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}). Converted research "
+                             "checkpoints carry none: pass --tokenizer DIR, or convert with --tokenizer.")
+    elif path.exists():
+        raise ValueError(f"The tokenizer location {path} is a file; pass the folder that holds it.")
+    elif str(location).startswith((".", "/", "~")) or str(location).count("/") > 1 or os.sep in str(location).replace("/", ""):
+        raise ValueError(f"The tokenizer folder {path} does not exist: check the path"
+                         + (f", or leave --tokenizer out to use the one saved in {model_dir}." if model_dir else "."))
+    try:
+        return AutoTokenizer.from_pretrained(str(location))
+    except (OSError, ValueError) as error:
+        if path.is_dir():
+            raise
+        raise OSError(f"{location} is neither a folder on this machine nor a Hub repository with a tokenizer that "
+                      f"could be loaded ({' '.join(str(error).split())}). Check the path or repository id.") from error
+
+
 def check_output_folder(output_dir: Path, overwrite: bool, inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse an output folder that is a file, that holds one of the ``inputs`` (replacing it would delete them), or
     that already holds files, unless ``overwrite``."""

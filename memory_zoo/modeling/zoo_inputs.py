@@ -5,7 +5,8 @@
 cover at least their positions; ``labels`` must have the shape of the ids. Each error names the argument, what was
 seen and the fix, where torch would otherwise fail deep inside an embedding or a loss with an index error (or, on a
 GPU, a device-side assert). The checks are a few comparisons and one min/max over the ids (benchmarks/input_checks.py
-measures their cost). This file travels with every saved model.
+measures their cost); on an accelerator the min/max is skipped in training steps, which it would synchronise. This
+file travels with every saved model.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def check_model_inputs(model: Any, input_ids: Any, attention_mask: Any = None, l
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every row needs at least one token. "
                          "An empty prompt needs a start token (e.g. the tokenizer's bos_token).")
     vocab_size = getattr(model.config, "vocab_size", None)
-    if isinstance(vocab_size, int) and not torch.compiler.is_compiling():
+    # The range check reads the ids back to the host: free on the CPU, one synchronisation on an accelerator. A
+    # training step there stays asynchronous (the check is skipped); inference and generation keep it.
+    on_host = input_ids.device.type == "cpu" or not (model.training and torch.is_grad_enabled())
+    if isinstance(vocab_size, int) and on_host and not torch.compiler.is_compiling():
         low, high = (int(value) for value in torch.aminmax(input_ids))
         if low < 0 or high >= vocab_size:
             raise ValueError(
