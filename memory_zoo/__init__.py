@@ -6,6 +6,8 @@ Importing the package registers every architecture with the transformers Auto cl
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from . import architectures as _records  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .configuration import (
     LSWTConfig,
     MaskedMixerConfig,
@@ -45,36 +47,21 @@ from .modeling import (
     pool_hidden_states,
 )
 
-__version__ = "0.1.0"
-
-# (config class, AutoModel class, AutoModelForCausalLM class or None) of every architecture. Autoencoders have no
-# causal-LM class; memory models are one model, registered for both Auto classes.
+# (config class, AutoModel class, AutoModelForCausalLM class or None) of every language-model architecture, and
+# (config class, AutoModel class) of the task models (the retrieval mixer reads embeddings, not tokens): both derived
+# from the records in memory_zoo/architectures.py, which also drive the Auto-class registration below.
 ARCHITECTURES = [
-    (MaskedMixerConfig, MaskedMixerModel, MaskedMixerForCausalLM),
-    (MemoryMosaicsConfig, MemoryMosaicsModel, MemoryMosaicsForCausalLM),
-    (MemoryLayersConfig, MemoryLayersModel, MemoryLayersForCausalLM),
-    (LSWTConfig, LSWTModel, LSWTForCausalLM),
-    (MixerAutoencoderConfig, MixerAutoencoderModel, None),
-    (VariableMemoryMixerConfig, VariableMemoryMixerForCausalLM, VariableMemoryMixerForCausalLM),
-    (MemoryMixerConfig, MemoryMixerForCausalLM, MemoryMixerForCausalLM),
-    (TransformerAutoencoderConfig, TransformerAutoencoderModel, None),
-    (VariableMemoryTransformerConfig, VariableMemoryTransformerForCausalLM, VariableMemoryTransformerForCausalLM),
+    (record.config_class, record.model_class(),
+     record.model_class("AutoModelForCausalLM") if record.causal_lm_class_name else None)
+    for record in _records.ARCHITECTURES if record.role != "task"
 ]
+TASK_MODELS = [(record.config_class, record.model_class()) for record in _records.ARCHITECTURES if record.role == "task"]
 
-# (config class, AutoModel class) of the models that are not language models over tokens: the retrieval mixer reads
-# embeddings made by a Masked Mixer's `embed(...)` and scores candidates.
-TASK_MODELS = [
-    (RetrievalMixerConfig, RetrievalMixerModel),
-]
-
-for _config, _base, _causal_lm in ARCHITECTURES:
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _base, exist_ok=True)
-    if _causal_lm is not None:
-        AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
-for _config, _base in TASK_MODELS:
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _base, exist_ok=True)
+_AUTO_CLASSES = {"AutoModel": AutoModel, "AutoModelForCausalLM": AutoModelForCausalLM}
+for _record in _records.ARCHITECTURES:
+    AutoConfig.register(_record.model_type, _record.config_class, exist_ok=True)
+    for _auto, _class_name in _record.auto_classes.items():
+        _AUTO_CLASSES[_auto].register(_record.config_class, _record.model_class(_auto), exist_ok=True)
 
 # PEFT's default LoRA targets for our model types, when PEFT is installed (guarded; see memory_zoo/lora.py).
 from .lora import register_peft_target_modules  # noqa: E402
@@ -83,6 +70,7 @@ register_peft_target_modules()
 
 __all__ = [
     "ARCHITECTURES",
+    "__version__",
     "CheckpointMismatchError",
     "LSWTCache",
     "LSWTConfig",

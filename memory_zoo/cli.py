@@ -16,10 +16,10 @@ def _refuse_task_model(model_dir: str, command: str) -> None:
         return
     import json
 
-    from . import TASK_MODELS
+    from .architectures import BY_MODEL_TYPE
 
     model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type in {config.model_type for config, _ in TASK_MODELS}:
+    if model_type in BY_MODEL_TYPE and BY_MODEL_TYPE[model_type].role == "task":
         raise ValueError(f"{model_dir} is a {model_type} model: it scores candidate embeddings and is not a language "
                          f"model, so `memory-zoo {command}` cannot use it. Load it with AutoModel and call "
                          "model(inputs_embeds=...) (see the README, Retrieval).")

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conversion.common import TOKENIZER_FILES
 from .metrics import _batches, _eval_mode, _model_device, reconstruction_metrics
+from .model_card import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -84,11 +84,12 @@ def sliding_windows(num_tokens: int, context: int, stride: int) -> list[Window]:
 
 
 def is_autoencoder(model_or_config: nn.Module | PretrainedConfig) -> bool:
-    """Whether the model (or config) is a memory-zoo autoencoder, i.e. has no causal-LM class in `ARCHITECTURES`."""
-    from . import ARCHITECTURES  # at call time: the package imports its submodules first
+    """Whether the model (or config) is a memory-zoo autoencoder (its record's role, memory_zoo/architectures.py)."""
+    from .architectures import BY_MODEL_TYPE
 
     config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None) in {c.model_type for c, _, causal in ARCHITECTURES if causal is None}
+    record = BY_MODEL_TYPE.get(getattr(config, "model_type", None))
+    return record is not None and record.role == "autoencoder"
 
 
 def model_context(config: PretrainedConfig) -> int | None:

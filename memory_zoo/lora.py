@@ -37,29 +37,16 @@ import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .architectures import ARCHITECTURES
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import PretrainedConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-_ATTENTION = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
-_SWIGLU = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-_MIXER_BLOCK = ["token_mixer.in_proj", "token_mixer.out_proj", "mlp.up_proj", "mlp.down_proj"]
-
-# model_type -> module-name suffixes LoRA adapts (see the table in the module docstring).
-LORA_TARGET_MODULES: dict[str, list[str]] = {
-    "masked_mixer": list(_MIXER_BLOCK),
-    "memory_mosaics": ["key_features.proj", "value_features.proj", "o_proj"],
-    "memory_layers": [*_ATTENTION, *_SWIGLU, "mlp.query_proj", "mlp.value_proj", "mlp.swilu_projection"],
-    "lswt": [*_ATTENTION, "mlp.up_proj", "mlp.gate_proj", "mlp.down_proj"],
-    "mixer_autoencoder": list(_MIXER_BLOCK),
-    "variable_memory_mixer": list(_MIXER_BLOCK),
-    "memory_mixer": list(_MIXER_BLOCK),
-    "transformer_autoencoder": [*_ATTENTION, *_SWIGLU],
-    "variable_memory_transformer": [*_ATTENTION, *_SWIGLU],
-    "retrieval_mixer": ["mlp.up_proj", "mlp.down_proj"],
-}
+# model_type -> module-name suffixes LoRA adapts (the records' `lora_targets`; the table in the module docstring).
+LORA_TARGET_MODULES: dict[str, list[str]] = {record.model_type: list(record.lora_targets) for record in ARCHITECTURES}
 
 __all__ = ["LORA_TARGET_MODULES", "lora_config", "register_peft_target_modules"]
 
@@ -131,9 +118,7 @@ def lora_config(
     if model_type not in LORA_TARGET_MODULES:
         raise KeyError(f"{model_type!r} is not a memory-zoo architecture; LoRA targets are known for "
                        f"{', '.join(sorted(LORA_TARGET_MODULES))}. Pass target_modules to peft.LoraConfig instead.")
-    from . import ARCHITECTURES  # at call time: memory_zoo/__init__ imports this module
-
-    causal = {config.model_type for config, _, causal_lm in ARCHITECTURES if causal_lm is not None}
+    causal = {record.model_type for record in ARCHITECTURES if record.causal_lm_class_name}
     kwargs.setdefault("target_modules", list(LORA_TARGET_MODULES[model_type]))
     kwargs.setdefault("task_type", "CAUSAL_LM" if model_type in causal else None)
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, **kwargs)

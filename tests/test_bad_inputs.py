@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Pretrain
 import memory_zoo
 from memory_zoo import cli
 from memory_zoo.conversion import ConversionError, convert
-from memory_zoo.modeling.zoo_common import CheckpointMismatchError
+from memory_zoo.modeling.zoo_loading import CheckpointMismatchError
 
 CONFIG_CLASSES = sorted({config for config, *_ in memory_zoo.ARCHITECTURES} | {config for config, _ in memory_zoo.TASK_MODELS},
                         key=lambda c: c.__name__)

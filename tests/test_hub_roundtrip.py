@@ -26,16 +26,10 @@ from safetensors.torch import save_file
 from test_integration import AUTOENCODER_BUILDERS, BUILDERS
 
 from memory_zoo import ARCHITECTURES
+from memory_zoo.architectures import BY_MODEL_TYPE
 from memory_zoo.cli import main as cli_main
 from memory_zoo.configuration.zoo_config import default_kernel_repo
-from memory_zoo.hub import (
-    ARCHITECTURE_INFO,
-    CARD_MARKER,
-    PARITY_TESTS,
-    default_kernel_repos,
-    kernel_repo_id,
-    model_card,
-)
+from memory_zoo.hub import CARD_MARKER, default_kernel_repos, kernel_repo_id, model_card
 from memory_zoo.hub_kernels.build import kernel_dirs, metadata
 
 TESTS = Path(__file__).parent
@@ -360,15 +354,16 @@ def test_model_card_of_a_converted_folder(converted):
         assert f"| `{key}` | `{json.dumps(getattr(model.config, key))}` |" in body, key
     assert "| `architectures` |" not in body  # only the architecture's own fields
     assert conversion["checkpoint_sha256"] in body and "memory-zoo convert memory-mosaics" in body
-    test_file, tolerance, _ = PARITY_TESTS["memory_mosaics"]
-    assert test_file in body and tolerance in body
+    parity = BY_MODEL_TYPE["memory_mosaics"].parity
+    assert parity.test in body and parity.tolerance in body
     assert 'AutoModelForCausalLM.from_pretrained("org/converted", trust_remote_code=True)' in body
     assert 'AutoTokenizer.from_pretrained("org/converted", trust_remote_code=True)' in body
     assert model_card(folder, "org/x", license="cc-by-nc-4.0").split("---")[1].count("license: cc-by-nc-4.0") == 1
 
 
 def test_every_architecture_has_card_information():
-    assert {config.model_type for config, _, _ in ARCHITECTURES} <= set(ARCHITECTURE_INFO)
+    assert {config.model_type for config, _, _ in ARCHITECTURES} <= set(BY_MODEL_TYPE)
+    assert all(record.name and record.description and record.research.repository for record in BY_MODEL_TYPE.values())
 
 
 def test_config_kernel_defaults_are_the_published_repositories():

@@ -22,7 +22,7 @@ from conftest import (
 from safetensors.torch import save_file
 
 import memory_zoo
-from memory_zoo.modeling.zoo_common import export_remote_code, flatten_source
+from memory_zoo.modeling.zoo_remote_code import export_remote_code, flatten_source
 
 PACKAGE = Path(memory_zoo.__file__).parent
 # Package modules that remote code may import: they are flattened into one folder, so basenames must be unique.
@@ -123,7 +123,8 @@ def test_saved_model_loads_without_the_package(case, tmp_path):
     # the folder re-saved by the remote-code model carries the same code files
     code = sorted(p.name for p in model_dir.glob("*.py"))
     assert {f"configuration_{architecture}.py", f"modeling_{architecture}.py", "zoo_common.py", "zoo_compat.py",
-            "zoo_config.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_versions.py"} <= set(code) <= {p.name for p in EXPORTABLE}
+            "zoo_config.py", "zoo_forward.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_loading.py",
+            "zoo_remote_code.py", "zoo_versions.py"} <= set(code) <= {p.name for p in EXPORTABLE}
     for name in code:
         assert (tmp_path / "resaved" / name).read_text() == (model_dir / name).read_text()
 
@@ -139,9 +140,9 @@ def _compression_case(name: str, tmp_path: Path):
 COMPRESSION_CASES = {
     "mixer_autoencoder-converted": ("modeling_mixer_autoencoder", "configuration_mixer_autoencoder",
                                     lambda tmp: _compression_case("ae_mixer_h2_k3_repeat_c4", tmp)),
-    "variable_memory_mixer-converted": ("modeling_memory_mixer", "configuration_mixer_autoencoder",
+    "variable_memory_mixer-converted": ("modeling_memory_mixer", "configuration_memory_mixer",
                                         lambda tmp: _compression_case("vmm_proj_h2_k3_c2_3chunks", tmp)),
-    "memory_mixer-previous_chunk": ("modeling_memory_mixer", "configuration_mixer_autoencoder", lambda tmp: (
+    "memory_mixer-previous_chunk": ("modeling_memory_mixer", "configuration_memory_mixer", lambda tmp: (
         __import__("test_mixer_autoencoder").tiny_memory_token_mixer(), torch.randint(1, 60, (2, 9)))),
     "transformer_autoencoder-converted": ("modeling_memory_transformer", "configuration_memory_transformer",
                                           lambda tmp: _memory_transformer_case("ae_transformer_bridge", tmp)),
@@ -197,7 +198,8 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
         "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_compat.py", "zoo_config.py",
-        "zoo_embedding.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_versions.py"]
+        "zoo_embedding.py", "zoo_forward.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_loading.py", "zoo_remote_code.py",
+        "zoo_versions.py"]
     # a saved masked mixer is also a sentence-transformers model (see tests/test_masked_mixer_embeddings.py)
     assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {
         p.name for p in tmp_path.iterdir()}

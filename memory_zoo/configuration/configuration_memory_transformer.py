@@ -6,6 +6,7 @@ the unrolled transformer autoencoder and the variable-memory transformer."""
 from .zoo_versions import SUPPORTED_RANGE  # noqa: F401
 # isort: on
 import math
+import warnings
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -120,9 +121,17 @@ class _TransformerCompressionConfig(ZooConfig):
         return self.decoder_config.hidden_size
 
     @property
-    def code_size(self) -> int:
-        """Number of features of the compressed code (`encoder_hidden_size // compression`)."""
+    def memory_size(self) -> int:
+        """Number of floats a window or chunk is compressed to: `encoder_config.hidden_size // compression` (the same
+        name as in the mixer configs)."""
         return self.encoder_config.hidden_size // self.compression
+
+    @property
+    def code_size(self) -> int:
+        """Deprecated name of `memory_size`."""
+        warnings.warn("code_size is deprecated; use memory_size (the same number, the name every memory-zoo config "
+                      "uses).", FutureWarning, stacklevel=2)
+        return self.memory_size
 
 
 @strict
@@ -214,11 +223,6 @@ class TransformerAutoencoderConfig(_TransformerCompressionConfig):
     def has_bridge(self) -> bool:
         """Whether the memory is projected from the encoder width to a different decoder width (`bridge_proj`)."""
         return self.encoder_hidden_size != self.decoder_hidden_size
-
-    @property
-    def memory_size(self) -> int:
-        """Features of the vector `encode` returns: the code when compressing, else the encoder width."""
-        return self.code_size
 
 
 @strict

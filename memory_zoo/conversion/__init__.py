@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..modeling.modeling_lswt import LSWTForCausalLM, LSWTForPreferenceHeads
-from ..modeling.modeling_masked_mixer import MaskedMixerForCausalLM
-from ..modeling.modeling_memory_layers import MemoryLayersForCausalLM
-from ..modeling.modeling_memory_mixer import MemoryMixerForCausalLM, VariableMemoryMixerForCausalLM
-from ..modeling.modeling_memory_mosaics import MemoryMosaicsForCausalLM
-from ..modeling.modeling_memory_transformer import TransformerAutoencoderModel, VariableMemoryTransformerForCausalLM
-from ..modeling.modeling_mixer_autoencoder import MixerAutoencoderModel
-from ..modeling.modeling_retrieval_mixer import RetrievalMixerModel
-from ..modeling.zoo_common import non_finite_tensors
-from . import lswt, masked_mixer, memory_layers, memory_mosaics, memory_transformer, mixer_autoencoder, retrieval_mixer
+from .._version import __version__
+from ..architectures import ARCHITECTURES, BY_SOURCE
+from ..modeling.zoo_loading import non_finite_tensors
 from .common import (
     CheckpointRefused,
     ConversionError,
@@ -33,42 +26,29 @@ from .common import (
 )
 
 
-def _masked_mixer_checkpoint(file, source: str, research_config: dict):
-    return masked_mixer.convert_masked_mixer_state_dict(load_state_dict(file), source, research_config)
+def _converter(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
 
 
-def _memorymodels_mixer_checkpoint(file, source: str, research_config: dict):
-    return mixer_autoencoder.convert_mixer_state_dict(load_state_dict(file), source, research_config)
+def _model_class(source: str, config) -> type:
+    """The class a converted checkpoint of `source` loads into: the record's causal LM (else its base model), unless
+    the converter module picks another for this config (`model_class_name(config, default)`)."""
+    record = BY_SOURCE[source]
+    auto = "AutoModelForCausalLM" if record.causal_lm_class_name else "AutoModel"
+    name = record.auto_classes[auto]
+    choose = getattr(_converter(record.converter), "model_class_name", None)
+    if choose is not None:
+        name = choose(config, name)
+    return getattr(importlib.import_module(f"memory_zoo.modeling.{record.modeling_module}"), name)
 
 
-def _lswt_class(config) -> type:
-    return LSWTForPreferenceHeads if config.pooler_config.get("reward_heads") is not None else LSWTForCausalLM
-
-
-# SOURCE name -> (research repository, checkpoint converter, model class or a function of the config giving it). A checkpoint converter reads the file and
-# returns (config, state dict of the model class, notes).
-SOURCES = {
-    **{name: ("blbadger/maskedmixers", _masked_mixer_checkpoint, MaskedMixerForCausalLM)
-       for name in masked_mixer.SOURCES},
-    **{name: ("facebookresearch/MemoryMosaics", memory_mosaics.convert_memory_mosaics_checkpoint,
-              MemoryMosaicsForCausalLM) for name in memory_mosaics.SOURCES},
-    **{name: ("facebookresearch/memory", memory_layers.convert_memory_layers_checkpoint, MemoryLayersForCausalLM)
-       for name in memory_layers.SOURCES},
-    **{name: ("Avelina9X/memory-transformer-pt4", lswt.convert_lswt_checkpoint, _lswt_class)
-       for name in lswt.SOURCES},
-    "autoencoding-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, MixerAutoencoderModel),
-    "variable-memory-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, VariableMemoryMixerForCausalLM),
-    "memory-mixer": ("blbadger/memorymodels", _memorymodels_mixer_checkpoint, MemoryMixerForCausalLM),
-    "autoencoding-transformer": ("blbadger/memorymodels", memory_transformer.convert_memory_transformer_checkpoint,
-                                 TransformerAutoencoderModel),
-    "variable-memory-transformer": ("blbadger/memorymodels", memory_transformer.convert_memory_transformer_checkpoint,
-                                    VariableMemoryTransformerForCausalLM),
-    "retrieval-mixer": ("blbadger/maskedmixers", retrieval_mixer.convert_retrieval_mixer_checkpoint,
-                        RetrievalMixerModel),
-}
+# SOURCE name -> (research repository, checkpoint converter, model class chooser), derived from the records in
+# memory_zoo/architectures.py. A checkpoint converter reads the file and returns (config, state dict, notes).
+SOURCES = {source: (record.research.repository, _converter(record.converter).convert_checkpoint,
+                    lambda config, source=source: _model_class(source, config))
+           for record in ARCHITECTURES for source in record.sources}
 # Sources whose checkpoint is one weights file (a folder is searched for it); the others read a whole folder.
-_SINGLE_FILE_SOURCES = {*masked_mixer.SOURCES, *memory_mosaics.SOURCES, *mixer_autoencoder.SOURCES,
-                        *memory_transformer.SOURCES, *retrieval_mixer.SOURCES}
+_SINGLE_FILE_SOURCES = {source for record in ARCHITECTURES if not record.checkpoint_is_folder for source in record.sources}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

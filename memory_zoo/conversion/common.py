@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..model_card import TOKENIZER_FILES
+
 logger = logging.getLogger("memory_zoo.conversion")
 
 # File names a research run may leave its weights under, in order of preference.
@@ -213,9 +215,6 @@ def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
         raise ConversionError(f"Could not read the tensors of {folder}: {type(error).__name__}: {error}. A shard file "
                               "(__<rank>_0.distcp) is missing or damaged.") from error
     return state["model"]
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def load_tokenizer(location: str | os.PathLike, model_dir: str | os.PathLike | None = None):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from ..architectures import sources_of
 from ..configuration.configuration_lswt import LSWTConfig
 from .common import ConversionError, TensorMapper, read_json_object
 
-SOURCES = ("lswt",)
+SOURCES = sources_of("lswt")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 # research config field -> LSWTConfig field (fields with the same name are copied as they are)
 _RENAMED = {"d_vocab": "embedding_size", "d_model": "hidden_size", "d_ffn": "intermediate_size",
@@ -181,3 +182,11 @@ def _map_pooler(mapper: TensorMapper, pooler: dict) -> None:
 
 
 __all__ = ["SOURCES", "convert_lswt_checkpoint", "convert_lswt_state_dict", "read_lswt_checkpoint"]
+
+# The converter entry point `memory_zoo.conversion.convert` calls.
+convert_checkpoint = convert_lswt_checkpoint
+
+
+def model_class_name(config: LSWTConfig, default: str) -> str:
+    """A checkpoint with reward heads is a preference model; every other one the causal LM."""
+    return "LSWTForPreferenceHeads" if config.pooler_config.get("reward_heads") is not None else default

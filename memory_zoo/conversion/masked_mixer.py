@@ -23,10 +23,11 @@ import re
 
 import torch
 
+from ..architectures import sources_of
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
-from .common import ConversionError, TensorMapper, reconcile, take, warn_unknown_keys
+from .common import ConversionError, TensorMapper, load_state_dict, reconcile, take, warn_unknown_keys
 
-SOURCES = ("masked-mixer", "multiheaded-mixer", "multiconv-mixer")
+SOURCES = sources_of("masked_mixer")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 # Research names --config may carry: constructor arguments and the module globals the classes read.
 RESEARCH_NAMES = {
@@ -245,3 +246,8 @@ def _convert_multiconv_block(mapper: TensorMapper, old: str, new: str, research_
     mapper.move(old + "mixerhead.out_proj.weight", new + "out_proj.weight")
     mapper.move(old + "mixerhead.out_proj.bias", new + "out_proj.bias")
     return {**settings, "num_mixing_heads": heads, "mixing_head_dim": head_dim}
+
+
+def convert_checkpoint(file, source: str, research_config: dict):
+    """The converter entry point `memory_zoo.conversion.convert` calls: read `file`, map it (see above)."""
+    return convert_masked_mixer_state_dict(load_state_dict(file), source, research_config)

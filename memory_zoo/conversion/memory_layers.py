@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..architectures import sources_of
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
 from .common import (
     ConversionError,
@@ -31,7 +32,7 @@ from .common import (
     strip_wrapper_prefixes,
 )
 
-SOURCES = ("memory-layers",)
+SOURCES = sources_of("memory_layers")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 def read_memory_layers_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict, str]:
     """`(state_dict, params, format)` from a consolidated or distributed checkpoint (folder or `.pth` file)."""
@@ -207,3 +208,6 @@ def _agree(args: dict, name: str, value, what: str) -> None:
 
 __all__ = ["SOURCES", "convert_memory_layers_checkpoint", "convert_memory_layers_state_dict",
            "read_memory_layers_checkpoint"]
+
+# The converter entry point `memory_zoo.conversion.convert` calls.
+convert_checkpoint = convert_memory_layers_checkpoint

@@ -23,6 +23,7 @@ import re
 
 import torch
 
+from ..architectures import sources_of
 from ..configuration.configuration_memory_mosaics import MemoryMosaicsConfig
 from .common import (
     ConversionError,
@@ -34,7 +35,7 @@ from .common import (
     warn_unknown_keys,
 )
 
-SOURCES = ("memory-mosaics",)
+SOURCES = sources_of("memory_mosaics")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 # Research defaults of the settings no tensor reveals (train_memory_mosaics.py argparse defaults).
 UNSEEN_DEFAULTS = {"v_shift": 1, "pre_ln": True, "skip_tokens": 0, "block_size": 512, "ic_dropout": 0.05,
@@ -259,3 +260,6 @@ def convert_memory_mosaics_state_dict(
 
 __all__ = ["SOURCES", "convert_memory_mosaics_checkpoint", "convert_memory_mosaics_state_dict",
            "read_memory_mosaics_checkpoint"]
+
+# The converter entry point `memory_zoo.conversion.convert` calls.
+convert_checkpoint = convert_memory_mosaics_checkpoint

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
+from ..architectures import sources_of
 from ..configuration.configuration_memory_transformer import (
     TransformerAutoencoderConfig,
     VariableMemoryTransformerConfig,
@@ -47,7 +48,7 @@ from .common import (
     warn_unknown_keys,
 )
 
-SOURCES = ("autoencoding-transformer", "variable-memory-transformer")
+SOURCES = sources_of("memory_transformer")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 _CLASSES = {
     "autoencoding-transformer": ("UnrolledAutoencodingTransformer", "AutoencodingTransformer"),
@@ -492,3 +493,6 @@ def _convert_memory(state_dict, args, parts, notes):
 
 
 __all__ = ["RESEARCH_NAMES", "SOURCES", "convert_memory_transformer_checkpoint"]
+
+# The converter entry point `memory_zoo.conversion.convert` calls.
+convert_checkpoint = convert_memory_transformer_checkpoint

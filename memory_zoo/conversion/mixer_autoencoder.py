@@ -21,22 +21,21 @@ import re
 
 import torch
 
-from ..configuration.configuration_mixer_autoencoder import (
-    MemoryMixerConfig,
-    MixerAutoencoderConfig,
-    VariableMemoryMixerConfig,
-)
+from ..architectures import sources_of
+from ..configuration.configuration_memory_mixer import MemoryMixerConfig, VariableMemoryMixerConfig
+from ..configuration.configuration_mixer_autoencoder import MixerAutoencoderConfig
 from .common import (
     RESEARCH_DUMP_KEYS,
     ConversionError,
     TensorMapper,
+    load_state_dict,
     reconcile,
     research_init_kwargs,
     take,
     warn_unknown_keys,
 )
 
-SOURCES = ("autoencoding-mixer", "variable-memory-mixer", "memory-mixer")
+SOURCES = sources_of("mixer_autoencoder")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 # Constructor arguments of the research classes (and the names of a dumped research config).
 _AE_NAMES = {"n_vocab", "dim", "depth", "length", "compression", "double_tokens", "kernel", "n_heads", "unroll",
@@ -368,3 +367,8 @@ def convert_mixer_state_dict(state_dict: dict[str, torch.Tensor], source: str, r
         raise ConversionError(f"--config describes a {research_class}, which SOURCE {source} does not convert"
                               + (f"; use SOURCE {other}." if other else f" (it converts {_CLASSES[source]})."))
     return _CONVERTERS[source](state_dict, research_config)
+
+
+def convert_checkpoint(file, source: str, research_config: dict):
+    """The converter entry point `memory_zoo.conversion.convert` calls: read `file`, map it (see above)."""
+    return convert_mixer_state_dict(load_state_dict(file), source, research_config)

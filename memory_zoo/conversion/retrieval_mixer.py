@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from ..architectures import sources_of
 from ..configuration.configuration_retrieval_mixer import RetrievalMixerConfig
 from .common import ConversionError, TensorMapper, load_state_dict, reconcile, research_init_kwargs, warn_unknown_keys
 from .masked_mixer import block_indices, move_norms_and_mlp
 
-SOURCES = ("retrieval-mixer",)
+SOURCES = sources_of("retrieval_mixer")  # the `memory-zoo convert` names of memory_zoo/architectures.py
 
 # Research names --config may carry: the constructor arguments, and the `device` global the scripts set.
 RESEARCH_NAMES = {"dim", "depth", "n_samples", "device"}
@@ -82,3 +83,6 @@ def convert_retrieval_mixer_checkpoint(file, source: str, research_config: dict)
 
 
 __all__ = ["SOURCES", "convert_retrieval_mixer_checkpoint", "convert_retrieval_mixer_state_dict"]
+
+# The converter entry point `memory_zoo.conversion.convert` calls.
+convert_checkpoint = convert_retrieval_mixer_checkpoint

@@ -35,8 +35,10 @@ from .modeling_memory_transformer import (
 )
 from .modeling_mixer_autoencoder import MixerAutoencoderModel, MixerAutoencoderPreTrainedModel
 from .modeling_retrieval_mixer import RetrievalMixerModel, RetrievalMixerOutput, RetrievalMixerPreTrainedModel
-from .zoo_common import CheckpointMismatchError, ZooPreTrainedModel, export_remote_code
+from .zoo_common import ZooPreTrainedModel
 from .zoo_embedding import pool_hidden_states
+from .zoo_loading import CheckpointMismatchError
+from .zoo_remote_code import export_remote_code
 
 __all__ = [
     "CheckpointMismatchError",

@@ -30,9 +30,10 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
 from ..hub_kernels.zoo_kernels import kernel_for
-from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions, resolve_cache
+from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_embedding import EmbeddingMixin
+from .zoo_forward import embed_inputs, kept_positions, resolve_cache
 
 logger = logging.get_logger(__name__)
 

@@ -29,8 +29,9 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
 from ..hub_kernels.zoo_kernels import kernel_for
-from .zoo_common import ZooPreTrainedModel, embed_inputs, kept_positions
+from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
+from .zoo_forward import embed_inputs, kept_positions
 from .zoo_layers import ZooRMSNorm, apply_interleaved_rotary, rotary_angles
 
 logger = logging.get_logger(__name__)

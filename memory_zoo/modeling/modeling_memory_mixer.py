@@ -24,11 +24,11 @@ from transformers import GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.utils import can_return_tuple
 
-from ..configuration.configuration_mixer_autoencoder import MemoryMixerConfig, VariableMemoryMixerConfig
+from ..configuration.configuration_memory_mixer import MemoryMixerConfig, VariableMemoryMixerConfig
 from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMixerPreTrainedModel
-from .zoo_common import kept_positions, resolve_cache
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import chunked_causal_loss, memory_slots, require_input_ids
+from .zoo_forward import kept_positions, resolve_cache
 
 
 class ChunkMemoryLayer(DynamicLayer):

@@ -33,7 +33,7 @@ from ..configuration.configuration_memory_transformer import (
     TransformerAutoencoderConfig,
     VariableMemoryTransformerConfig,
 )
-from .zoo_common import ZooPreTrainedModel, kept_positions, resolve_cache
+from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
     AutoencoderOutput,
@@ -42,6 +42,7 @@ from .zoo_compression import (
     require_input_ids,
     unroll_memory,
 )
+from .zoo_forward import kept_positions, resolve_cache
 
 logger = logging.get_logger(__name__)
 
@@ -160,8 +161,8 @@ class TransformerAutoencoderModel(MemoryTransformerPreTrainedModel):
         self.encoder = MemoryTransformerStack(config.encoder_config, config.encoder_final_norm)
         self.bridge_proj = nn.Linear(encoder_width, decoder_width) if config.has_bridge else None
         compress = config.compression > 1
-        self.down = nn.Linear(encoder_width, config.code_size) if compress else None
-        self.up = nn.Linear(config.code_size, encoder_width) if compress else None
+        self.down = nn.Linear(encoder_width, config.memory_size) if compress else None
+        self.up = nn.Linear(config.memory_size, encoder_width) if compress else None
         unroll = config.decoder_input == "unroll"
         self.projection = nn.Linear(decoder_width // 2, decoder_width) if unroll else None
         self.decoder = MemoryTransformerStack(config.decoder_config, config.decoder_final_norm)
@@ -365,8 +366,8 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             self.encoder_embed_tokens = nn.Embedding(config.vocab_size, encoder_width)
             self.encoder = MemoryTransformerStack(config.encoder_config, config.encoder_final_norm)
             if config.compression > 1:
-                self.down = nn.Linear(encoder_width, config.code_size)
-                self.up = nn.Linear(config.code_size, encoder_width)
+                self.down = nn.Linear(encoder_width, config.memory_size)
+                self.up = nn.Linear(config.memory_size, encoder_width)
             if encoder_width != decoder_width:
                 self.decoder_proj = nn.Linear(encoder_width, decoder_width)
         self.embed_tokens = nn.Embedding(config.vocab_size, decoder_width)

@@ -1,0 +1,138 @@
+"""Strict loading: what `from_pretrained` of a memory-zoo model refuses or warns about, in words a user can act on.
+
+Another architecture's folder, missing / unexpected / mismatched tensors, damaged safetensors files and non-finite
+weights. ``ZooPreTrainedModel.from_pretrained`` calls :func:`load_strictly`. This file travels with every saved model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """Raised when a checkpoint's tensors do not fit the model built from its config."""
+
+
+def non_finite_tensors(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinite value (meta tensors are skipped)."""
+    return [name for name, tensor in tensors
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())]
+
+
+def warn_non_finite(model: nn.Module, where: str) -> list[str]:
+    """Log a warning naming every parameter or buffer of `model` that holds NaN or infinite values."""
+    bad = non_finite_tensors(chain(model.named_parameters(), model.named_buffers()))
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        logger.warning(
+            f"{len(bad)} tensor(s) of {where} hold NaN or infinite values ({shown}); every output that reads them "
+            "will be NaN. The checkpoint was saved after training diverged or was damaged: use an earlier one."
+        )
+    return bad
+
+
+def _refuse_other_architecture(cls: type, location, kwargs: dict) -> None:
+    """Raise a ValueError when the folder or repository at `location` holds another architecture's model."""
+    hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "force_download", "local_files_only", "token", "revision",
+                                               "subfolder", "proxies") if key in kwargs}
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(location, **hub_kwargs)
+    except (OSError, ValueError):
+        return  # transformers reports a missing or unreadable config in its own words just after
+    found, expected = config_dict.get("model_type"), cls.config_class.model_type
+    if found and expected and found != expected:
+        raise ValueError(
+            f"{location} holds a {found!r} model, but {cls.__name__} builds {expected!r} models: its weights cannot "
+            f"be loaded into this architecture. Load it with AutoModelForCausalLM.from_pretrained({str(location)!r}) "
+            f"(or AutoModel), which picks the class named in its config.json."
+        )
+
+
+def _damaged_weights(location, error: Exception) -> OSError:
+    """The error for weights safetensors cannot read, naming the damaged file where it is on this disk."""
+    folder = Path(location)
+    damaged = None
+    if folder.is_dir():
+        from safetensors import safe_open
+
+        for file in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception:
+                damaged = file
+                break
+    where = damaged or f"the weights of {location}"
+    fix = ("copy or download it again" if damaged else
+           "download them again (from_pretrained(..., force_download=True)) or copy them again")
+    return OSError(f"Could not read {where}: {error}. The file is damaged or incomplete (an interrupted download or "
+                   f"copy): {fix}.")
+
+
+def _mismatch(entry) -> tuple:
+    """transformers reports a size mismatch as (key, checkpoint shape, model shape)."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        return tuple(entry)
+    return entry, (), ()
+
+
+def load_strictly(cls: type, load, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+    """transformers' ``from_pretrained``, refusing what it would let through silently.
+
+    * A folder saved by another architecture is refused before anything is built, naming both architectures.
+    * With ``strict=True`` (the default) missing or unexpected tensors are an error listing them; ``strict=False``
+      initialises missing tensors randomly and ignores unexpected ones, as transformers does.
+    * Tensors whose shape differs from the model's are an error unless ``ignore_mismatched_sizes=True``
+      (transformers' own flag), which re-initialises them.
+    * Weights holding NaN or infinite values load, with a warning naming the tensors.
+    """
+    want_info = kwargs.pop("output_loading_info", False)
+    allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+    if not isinstance(kwargs.get("config"), PretrainedConfig):
+        _refuse_other_architecture(cls, pretrained_model_name_or_path, kwargs)
+    # Let transformers finish loading so that every problem can be reported at once, in our own words.
+    try:
+        model, info = load(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":  # safetensors' own error type, without importing it here
+            raise
+        raise _damaged_weights(pretrained_model_name_or_path, error) from error
+    mismatched = [] if allow_mismatch else [
+        f"{key} (checkpoint {tuple(saved)} vs model {tuple(built)})" if isinstance(key, str) else str(key)
+        for key, saved, built in (_mismatch(entry) for entry in info.get("mismatched_keys") or [])
+    ]
+    problems = {"mismatched_keys": sorted(mismatched)}
+    if strict:
+        problems["missing_keys"] = sorted(info.get("missing_keys") or [])
+        problems["unexpected_keys"] = sorted(info.get("unexpected_keys") or [])
+    if any(problems.values()):
+        lines = [f"The checkpoint at {pretrained_model_name_or_path!s} does not match {cls.__name__} built from its config:"]
+        for key, values in problems.items():
+            if values:
+                shown = ", ".join(str(v) for v in values[:20]) + (" ..." if len(values) > 20 else "")
+                lines.append(f"  {key.replace('_', ' ')} ({len(values)}): {shown}")
+        fixes = ["Check that config.json belongs to these weights (research checkpoints must go through "
+                 "`memory-zoo convert` first)"]
+        if problems.get("missing_keys") or problems.get("unexpected_keys"):
+            fixes.append("pass strict=False to initialise missing tensors randomly and ignore unexpected ones")
+        if problems["mismatched_keys"]:
+            fixes.append("pass ignore_mismatched_sizes=True to initialise the mismatched tensors randomly")
+        lines.append(", or ".join(fixes) + ".")
+        raise CheckpointMismatchError("\n".join(lines))
+    warn_non_finite(model, f"the weights of {pretrained_model_name_or_path}")
+    return (model, info) if want_info else model
+
+
+__all__ = ["CheckpointMismatchError", "load_strictly", "non_finite_tensors", "warn_non_finite"]

@@ -1,0 +1,149 @@
+"""The package's shape: imports point down the layers, and every list of architectures comes from the records.
+
+Layers, bottom up: configuration (and the version) <- the records and model cards <- kernels (ops) <- modeling <-
+conversion, metrics, LoRA <- evaluation, retrieval <- hub <- cli <- the package root. A module may import its own
+layer or any layer below, never one above; the records name model classes and converter modules by string and resolve
+them on use, which is late binding, not an import.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+import memory_zoo
+from memory_zoo.architectures import ARCHITECTURES, BY_MODEL_TYPE
+from memory_zoo.conversion import _SINGLE_FILE_SOURCES, SOURCES
+from memory_zoo.lora import LORA_TARGET_MODULES
+
+PACKAGE = Path(memory_zoo.__file__).parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+LAYERS = [  # (rank, module prefixes), bottom up
+    (0, ("configuration", "_version")),
+    (1, ("architectures", "model_card")),
+    (2, ("hub_kernels",)),
+    (3, ("modeling",)),
+    (4, ("conversion", "metrics", "lora")),
+    (5, ("evaluation", "retrieval")),
+    (6, ("hub",)),
+    (7, ("cli",)),
+    (8, ("",)),  # the package root
+]
+
+
+def rank(module: str) -> int:
+    name = module.removeprefix("memory_zoo").removeprefix(".")
+    for value, prefixes in LAYERS:
+        if any(prefix and (name == prefix or name.startswith(prefix + ".")) for prefix in prefixes):
+            return value
+    assert name == "", f"{module} belongs to no layer: add it to LAYERS in {Path(__file__).name}"
+    return LAYERS[-1][0]
+
+
+def package_modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "hub_kernels" and len(relative.parts) > 2:
+            continue  # the kernels' own build trees are separate packages (loaded by `kernels`)
+        parts = ["memory_zoo", *relative.with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(module: str, path: Path) -> set[str]:
+    """The memory_zoo modules `module` imports: statically, or by a literal `importlib.import_module(...)`."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            if node.module is None:  # `from . import x`: x may be a module
+                found |= {f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target
+                          for alias in node.names}
+            else:
+                found.add(target)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("memory_zoo"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("memory_zoo")}
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("memory_zoo")):
+            found.add(node.args[0].value)
+    return found
+
+
+MODULES = package_modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module):
+    upward = sorted(target for target in imports_of(module, MODULES[module]) if rank(target) > rank(module))
+    assert not upward, f"{module} (layer {rank(module)}) imports {upward} from layers above it"
+
+
+def test_models_and_configs_never_reach_publishing_conversion_or_the_root():
+    for module, path in MODULES.items():
+        if module.startswith(("memory_zoo.modeling", "memory_zoo.configuration")):
+            bad = {target for target in imports_of(module, path)
+                   if target == "memory_zoo" or target.startswith(("memory_zoo.hub", "memory_zoo.conversion",
+                                                                    "memory_zoo.cli"))
+                   and not target.startswith("memory_zoo.hub_kernels")}
+            assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_import_builds_the_registry_from_the_records_alone():
+    code = ("import memory_zoo, json; from transformers.models.auto.configuration_auto import CONFIG_MAPPING; "
+            "print(json.dumps(sorted(k for k in CONFIG_MAPPING._extra_content)))")
+    registered = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert sorted(BY_MODEL_TYPE) == sorted(__import__("json").loads(registered))
+    for record in ARCHITECTURES:
+        assert CONFIG_MAPPING[record.model_type] is record.config_class
+        config = record.config_class()
+        assert type(AutoConfig.for_model(record.model_type)) is record.config_class
+        for auto, name in record.auto_classes.items():
+            mapping = {"AutoModel": AutoModel, "AutoModelForCausalLM": AutoModelForCausalLM}[auto]._model_mapping
+            assert mapping[type(config)].__name__ == name
+
+
+def test_every_list_of_architectures_is_derived_from_the_records():
+    assert [c for c, _, _ in memory_zoo.ARCHITECTURES] == [r.config_class for r in ARCHITECTURES if r.role != "task"]
+    assert [c for c, _ in memory_zoo.TASK_MODELS] == [r.config_class for r in ARCHITECTURES if r.role == "task"]
+    assert set(SOURCES) == {source for record in ARCHITECTURES for source in record.sources}
+    assert _SINGLE_FILE_SOURCES == {s for r in ARCHITECTURES if not r.checkpoint_is_folder for s in r.sources}
+    assert LORA_TARGET_MODULES == {record.model_type: list(record.lora_targets) for record in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("record", ARCHITECTURES, ids=lambda r: r.model_type)
+def test_each_record_agrees_with_its_files(record):
+    config = record.config_class()
+    assert config.model_type == record.model_type
+    kernel_repo = getattr(config, "kernel_repo_id", None)
+    for kernel in record.kernels:
+        assert (PACKAGE / "hub_kernels" / kernel).is_dir()
+        assert kernel_repo == f"memory-zoo/{kernel.replace('_', '-')}"
+    assert record.fsdp_units, "the model class names the blocks FSDP wraps (_no_split_modules)"
+    if record.parity is not None:
+        assert (Path(__file__).parent.parent / record.parity.test).is_file()
+    for folder in record.research.fixtures:
+        assert (FIXTURES / folder / "README.md").is_file()
+        assert record.research.commit in (FIXTURES / folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_one_configuration_file_per_modeling_file():
+    modeling = {p.stem.removeprefix("modeling_") for p in (PACKAGE / "modeling").glob("modeling_*.py")}
+    configuration = {p.stem.removeprefix("configuration_") for p in (PACKAGE / "configuration").glob("configuration_*.py")}
+    assert modeling == configuration
+    for record in ARCHITECTURES:
+        assert record.modeling_module.removeprefix("modeling_") == record.config_class.__module__.rsplit(
+            ".", 1)[-1].removeprefix("configuration_")
