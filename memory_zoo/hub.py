@@ -14,6 +14,8 @@ stored login or ``HF_TOKEN``), so the same code publishes to the Hub, a private 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from ._version import __version__
 from .architectures import ARCHITECTURES
 from .configuration.zoo_config import KERNEL_ORGANIZATION
-from .hub_kernels.build import KERNELS_ROOT, kernel_dirs
+from .hub_kernels.build import KERNELS_ROOT, build_kernel, kernel_dirs
 from .model_card import (  # noqa: F401  (re-exported: their home before model_card.py)
     CARD_MARKER,
     DEFAULT_LICENSE,
@@ -157,21 +159,34 @@ def push_kernel(
     folder, general = kernel_dir(name), _build_info(name)
     major = int(general["version"])
     if version is not None and int(version) != major:
-        raise ValueError(f"{folder.name} is version {major} in build.toml, not {version}: edit build.toml and rebuild "
-                         "(python -m memory_zoo.hub_kernels.build) to publish a new major version.")
-    if not (folder / "build").is_dir():
-        raise ValueError(f"{folder} has no build/ tree: run python -m memory_zoo.hub_kernels.build first.")
+        raise ValueError(f"{folder.name} is version {major} in build.toml, not {version}: edit build.toml to publish "
+                         "a new major version.")
     repo_id = repo_id or kernel_repo_id(name, organization)
-    files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*"))
-             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-             and path.relative_to(folder).parts[0] in ("build", "torch-ext", "build.toml")}
+    staging = Path(tempfile.mkdtemp(prefix="memory-zoo-kernel-"))
+    try:
+        return _push_kernel_files(folder, general, staging, repo_id, private, token, endpoint)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _push_kernel_files(folder: Path, general: dict, staging: Path, repo_id: str, private: bool, token, endpoint
+                       ) -> KernelPush:
+    """Upload `folder`'s source and the published tree assembled from it into `staging` (see `push_kernel`)."""
+    major = int(general["version"])
+    build_kernel(folder, staging / "build")
+    sources = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*"))
+               if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+               and path.relative_to(folder).parts[0] in ("torch-ext", "build.toml")}
+    built = {path.relative_to(staging).as_posix(): path for path in sorted((staging / "build").rglob("*"))
+             if path.is_file()}
+    files = {**sources, **built}
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = api.create_repo(repo_id, repo_type="kernel", private=private, exist_ok=True).repo_id
     stale = [p for p in api.list_repo_files(repo_id, repo_type="kernel")
              if p.startswith(("build/", "torch-ext/")) and p not in files]
     operations = [*(CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files.items()),
                   CommitOperationAdd(path_in_repo="README.md",
-                                     path_or_fileobj=_kernel_card(name, repo_id, general).encode()),
+                                     path_or_fileobj=_kernel_card(folder.name, repo_id, general).encode()),
                   *(CommitOperationDelete(path_in_repo=p) for p in stale)]
     commit = api.create_commit(repo_id, operations, repo_type="kernel",
                                commit_message=f"{general['name']} v{major} from memory-zoo {__version__}").oid

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memory_zoo.hub_kernels import load_hub_kernel
+from memory_zoo.ops import embedding_bag_sum_reference, load_hub_kernel
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_hub_kernels.py"
 KERNEL = load_hub_kernel("embedding_bag")
@@ -140,3 +140,18 @@ def test_memory_layers_model_with_kernel_matches_the_fallback(variant, monkeypat
     assert_kernel_matches_fallback(KERNEL, "embedding_bag_sum", monkeypatch,
                                    lambda **extra: tiny_memory_layers(**MEMORY_LAYERS_VARIANTS[variant], **extra),
                                    input_ids)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_kernel_matches_the_ops_reference(table_dtype):
+    """The op's pure-torch reference (what the models fall back to) and the kernel: same values and gradients."""
+    torch.manual_seed(5)
+    table = torch.randn(50, 24).to(table_dtype).requires_grad_()
+    indices = torch.randint(0, 50, (7, 4))
+    weights = torch.randn(7, 4, requires_grad=True)
+    outputs = [f(indices, table, weights) for f in (KERNEL.embedding_bag_sum, embedding_bag_sum_reference)]
+    tol = 1e-5 if table_dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(outputs[0].float(), outputs[1].float(), atol=tol, rtol=tol)
+    grads = [torch.autograd.grad(out.float().sum(), [table, weights]) for out in outputs]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from memory_zoo.hub_kernels import load_hub_kernel
+from memory_zoo.ops import load_hub_kernel
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_hub_kernels.py"
 KERNEL = load_hub_kernel("leaky_average")
@@ -140,7 +140,7 @@ def test_shapes_are_validated():
 
 
 def test_kernel_matches_the_pure_torch_fallback():
-    from memory_zoo.modeling.modeling_memory_mosaics import leaky_average as fallback
+    from memory_zoo.ops import leaky_average_reference as fallback
 
     torch.manual_seed(3)
     x = torch.randn(2, 45, 3, 10, requires_grad=True)

@@ -12,16 +12,12 @@ import pytest
 import torch
 from conftest import VARIANTS, assert_kernel_matches_fallback, tiny_model
 
-from memory_zoo.hub_kernels import load_hub_kernel
+from memory_zoo.ops import load_hub_kernel
+from memory_zoo.ops import masked_mixing_reference as reference  # the op's ground truth, what the models fall back to
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_hub_kernels.py"
 KERNEL = load_hub_kernel("masked_mixing")
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-
-
-def reference(weight, inputs, bias, offset):
-    out = torch.matmul(torch.tril(weight, diagonal=offset), inputs)
-    return out + bias[..., None] if bias is not None else out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

@@ -28,7 +28,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 LAYERS = [  # (rank, module prefixes), bottom up
     (0, ("configuration", "_version")),
     (1, ("architectures", "model_card")),
-    (2, ("hub_kernels",)),
+    (2, ("hub_kernels", "ops")),
     (3, ("modeling",)),
     (4, ("conversion", "metrics", "lora")),
     (5, ("evaluation", "retrieval")),

@@ -212,7 +212,7 @@ def test_attention_token_pooler_trains_its_adapters(self_type):
 
 
 def test_attention_never_needs_the_flash_kernel_on_cpu(monkeypatch):
-    from memory_zoo.hub_kernels import zoo_kernels
+    from memory_zoo.ops import zoo_kernels
 
     asked = []
     monkeypatch.setattr(zoo_kernels, "load_hub_kernel", lambda *args: asked.append(args))

@@ -267,7 +267,7 @@ def test_half_precision_forward_and_decoding_are_finite():
 def test_without_a_usable_kernel_the_model_falls_back_after_one_log_line(caplog, monkeypatch):
     import logging
 
-    from memory_zoo.hub_kernels import zoo_kernels
+    from memory_zoo.ops import zoo_kernels
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(zoo_kernels, "_FALLBACK_LOGGED", set())

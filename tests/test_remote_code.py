@@ -26,7 +26,7 @@ from memory_zoo.modeling.zoo_remote_code import export_remote_code, flatten_sour
 
 PACKAGE = Path(memory_zoo.__file__).parent
 # Package modules that remote code may import: they are flattened into one folder, so basenames must be unique.
-EXPORTABLE = sorted(p for sub in ("configuration", "modeling", "hub_kernels") for p in (PACKAGE / sub).glob("*.py")
+EXPORTABLE = sorted(p for sub in ("configuration", "modeling", "ops") for p in (PACKAGE / sub).glob("*.py")
                     if p.name != "__init__.py")
 PROBE = Path(__file__).parent / "remote_code_probe.py"
 
@@ -197,8 +197,8 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
         "AutoModelForCausalLM": "modeling_masked_mixer.MaskedMixerForCausalLM",
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
-        "configuration_masked_mixer.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_compat.py", "zoo_config.py",
-        "zoo_embedding.py", "zoo_forward.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_loading.py", "zoo_remote_code.py",
+        "configuration_masked_mixer.py", "masked_mixing.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_compat.py",
+        "zoo_config.py", "zoo_embedding.py", "zoo_forward.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_loading.py", "zoo_remote_code.py",
         "zoo_versions.py"]
     # a saved masked mixer is also a sentence-transformers model (see tests/test_masked_mixer_embeddings.py)
     assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {

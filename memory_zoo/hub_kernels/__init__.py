@@ -1,8 +1,10 @@
-"""Custom kernels laid out as Hub kernel repositories, and the loader models use to pick them up.
+"""Custom kernels laid out as Hub kernel repositories (their pure-torch references and the dispatch models use are in
+`memory_zoo/ops/`).
 
-Each sub-folder is one kernel repository: `build.toml`, the source package under `torch-ext/<name>/`, and the
-published tree under `build/<variant>/` that `kernels.get_local_kernel` (or, once pushed, `kernels.get_kernel`)
-loads. `python -m memory_zoo.hub_kernels.build` regenerates the published trees from the sources.
+Each sub-folder is one kernel repository: `build.toml` and the source package under `torch-ext/<name>/`, the only copy
+on disk. Its published tree (`build/<variant>/`, what `kernels.get_local_kernel` and `kernels.get_kernel` load) is
+assembled from the source by `build.py` when a model first loads the kernel and when `memory-zoo push-kernels`
+publishes it.
 
 | kernel | used by | what it computes |
 |---|---|---|
@@ -11,6 +13,4 @@ loads. `python -m memory_zoo.hub_kernels.build` regenerates the published trees 
 | `embedding_bag` | Memory Layers | `out[n] = sum_j w[n, j] * table[idx[n, j]]`, float32 accumulation; deterministic backward (segmented sums over sorted indices) |
 """
 
-from .zoo_kernels import kernel_for, kernel_runs_on, load_hub_kernel
-
-__all__ = ["kernel_for", "kernel_runs_on", "load_hub_kernel"]
+from ..ops.zoo_kernels import kernel_for, kernel_runs_on, load_hub_kernel  # noqa: F401  (their home before ops/)

@@ -30,7 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_lswt import LSWTConfig
-from ..hub_kernels.zoo_kernels import kernel_for
+from ..ops.zoo_kernels import dispatch
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, answers_to_every_cache_name
 from .zoo_forward import embed_inputs, kept_positions, resolve_cache
@@ -189,18 +189,17 @@ class LSWTAttention(nn.Module):
 
     def _attend(self, query, key, value, mask: LSWTAttentionMask):
         dropout = self.config.dropout_att_mat if self.training else 0.0
-        if not mask.padded and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and self.kernel:
-            kernel = kernel_for(query, "flash_attn", *self.kernel)
-            if kernel is not None:  # flash attention aligns its causal mask bottom-right, as the research code needs
-                try:
-                    out = kernel.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                                 dropout_p=dropout, causal=True)
-                except Exception as error:  # noqa: BLE001 - an unsupported GPU or shape: the SDPA path is exact
-                    logger.warning_once(f"flash attention kernel failed ({type(error).__name__}: {error}); using SDPA.")
-                else:
-                    return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask.mask, is_causal=mask.mask is None,
-                                              dropout_p=dropout)
+        def sdpa() -> torch.Tensor:
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask.mask, is_causal=mask.mask is None,
+                                                  dropout_p=dropout)
+
+        def flash(kernel) -> torch.Tensor:  # flash attention aligns its causal mask bottom-right, as the research needs
+            out = kernel.flash_attn_func(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                         dropout_p=dropout, causal=True)
+            return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+        usable = not mask.padded and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+        return dispatch("flash_attn", self.kernel if usable else None, query, flash, sdpa)
 
 
 class LSWTMLP(nn.Module):

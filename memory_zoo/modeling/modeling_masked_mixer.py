@@ -29,7 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
-from ..hub_kernels.zoo_kernels import kernel_for
+from ..ops.masked_mixing import masked_mixing
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_embedding import EmbeddingMixin
@@ -138,11 +138,9 @@ class MaskedMixerPositionMixing(nn.Module):
             start = positions.past_length
             rows = weight[..., start:key_length, :key_length]
             bias = self.bias[:, start:key_length] if self.bias is not None else None
-            kernel = kernel_for(inputs, "masked_mixing", *self.kernel) if self.kernel is not None else None
-            if kernel is not None:
-                return kernel.masked_mixing(rows, inputs, bias, start)
-            out = torch.matmul(torch.tril(rows, diagonal=start), values)
-            out = out.sum(2) if taps else out
+            if not taps:
+                return masked_mixing(rows, inputs, bias, start, self.kernel)
+            out = torch.matmul(torch.tril(rows, diagonal=start), values).sum(2)  # K taps: no kernel covers them
             return out + bias[..., None] if bias is not None else out
         query, key = positions.query_positions, positions.key_positions
         rows = weight[..., query[:, :, None], key[:, None, :]]  # [H, (K,) B, Tq, Tk]

@@ -28,7 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
-from ..hub_kernels.zoo_kernels import kernel_for
+from ..ops.embedding_bag import embedding_bag_sum
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_forward import embed_inputs, kept_positions
@@ -92,53 +92,6 @@ class MemoryLayersMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
 
 
-class _WeightedBagFloat32(torch.autograd.Function):
-    """`out[n] = sum_j w[n, j] * table[idx[n, j]]` for half-precision tables, accumulated in float32 in pure torch.
-
-    `F.embedding_bag` needs the weights in the table's dtype and adds up the table's gradient in that dtype too: with
-    a bfloat16 table, a row read thousands of times per batch drifts by percents. This reads rows in chunks of tokens
-    (a few MB at a time) and sums both gradients in float32 — only over the rows actually read — so its result is
-    what the `embedding_bag` kernel computes. Nothing of size tokens x slots is built.
-    """
-
-    CHUNK_ELEMENTS = 1 << 22  # gathered values per chunk
-
-    @staticmethod
-    def _chunks(indices: torch.Tensor, width: int):
-        step = max(1, _WeightedBagFloat32.CHUNK_ELEMENTS // max(1, indices.shape[1] * width))
-        return [slice(start, start + step) for start in range(0, indices.shape[0], step)]
-
-    @staticmethod
-    def forward(ctx, indices, table, weights):
-        ctx.save_for_backward(indices, table, weights)
-        out = torch.empty(indices.shape[0], table.shape[1], dtype=torch.float32, device=table.device)
-        for part in _WeightedBagFloat32._chunks(indices, table.shape[1]):
-            out[part] = torch.einsum("nl,nlv->nv", weights[part].float(), table[indices[part]].float())
-        return out.to(table.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        indices, table, weights = ctx.saved_tensors
-        grad = grad_out.float()
-        grad_weights = grad_table = None
-        parts = _WeightedBagFloat32._chunks(indices, table.shape[1])
-        if ctx.needs_input_grad[2]:
-            grad_weights = torch.empty(indices.shape, dtype=torch.float32, device=table.device)
-            for part in parts:
-                grad_weights[part] = torch.einsum("nv,nlv->nl", grad[part], table[indices[part]].float())
-            grad_weights = grad_weights.to(weights.dtype)
-        if ctx.needs_input_grad[1]:
-            rows, slot = torch.unique(indices, return_inverse=True)
-            sums = torch.zeros(rows.shape[0], table.shape[1], dtype=torch.float32, device=table.device)
-            for part in parts:
-                contributions = weights[part].float()[..., None] * grad[part, None, :]
-                sums.index_add_(0, slot[part].reshape(-1), contributions.reshape(-1, table.shape[1]))
-            grad_table = torch.zeros_like(table)
-            grad_table[rows] = sums.to(table.dtype)
-        return None, grad_table, grad_weights
-
-
 class MemoryLayersValueTable(nn.Module):
     """A memory's value table `[slots, width]` and its weighted read: `out[n] = sum_j w[n, j] * weight[idx[n, j]]`.
 
@@ -155,12 +108,7 @@ class MemoryLayersValueTable(nn.Module):
         self.kernel = (config.kernel_repo_id, config.kernel_revision) if config.use_kernels else None
 
     def forward(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        kernel = kernel_for(self.weight, "embedding_bag", *self.kernel) if self.kernel is not None else None
-        if kernel is not None:
-            return kernel.embedding_bag_sum(indices, self.weight, weights)
-        if self.weight.dtype == torch.float32:
-            return F.embedding_bag(indices, self.weight, per_sample_weights=weights.float(), mode="sum")
-        return _WeightedBagFloat32.apply(indices, self.weight, weights)
+        return embedding_bag_sum(indices, self.weight, weights, self.kernel)
 
 
 class MemoryLayersProductKeyMemory(nn.Module):

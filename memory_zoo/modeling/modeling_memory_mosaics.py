@@ -29,7 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_mosaics import MemoryMosaicsConfig
-from ..hub_kernels.zoo_kernels import kernel_for
+from ..ops.leaky_average import leaky_average
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, cache_argument
 from .zoo_forward import embed_inputs, kept_positions, resolve_cache
@@ -40,47 +40,6 @@ logger = logging.get_logger(__name__)
 PARAM_SCALE = 10.0
 # Key temperatures are clamped at exp(5) before use (research `kernel_beta_upbound`: keeps fp16 scores finite).
 KERNEL_BETA_MAX = 5.0
-
-
-def leaky_average(
-    x: torch.Tensor, decay: torch.Tensor, initial_state: torch.Tensor | None = None, chunk_size: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal leaky sum `y_t = exp(-decay) * y_{t-1} + x_t` (`y_{-1} = initial_state`), the pure-torch reference.
-
-    Chunked scan: inside chunks of `chunk_size` steps the sum is a small lower-triangular decay matrix (whose exponents
-    are all <= 0, so it is stable), across chunks the state is carried by the recurrence. Memory is O(T), float32
-    accumulation, and autograd gives exact gradients for every input.
-
-    Args:
-        x: `[batch, seq, heads, head_dim]`.
-        decay: `[heads]`, the rate `beta >= 0` (the factor per step is `exp(-beta)`).
-        initial_state: `[batch, heads, head_dim]` state before the first step (zeros if `None`).
-        chunk_size: steps per chunk.
-
-    Returns:
-        `y` `[batch, seq, heads, head_dim]` in the dtype of `x`, and the final state `[batch, heads, head_dim]` in
-        float32.
-    """
-    batch, length, heads, dim = x.shape
-    decay = decay.float()
-    state = x.new_zeros(batch, heads, dim, dtype=torch.float32) if initial_state is None else initial_state.float()
-    if length == 0:
-        return x, state
-    chunk = min(chunk_size, length)
-    padded = -length % chunk
-    values = F.pad(x.float(), (0, 0, 0, 0, 0, padded)).view(batch, -1, chunk, heads, dim)
-    steps = torch.arange(chunk, device=x.device)
-    lag = steps[:, None] - steps[None, :]
-    within = torch.exp(-decay[:, None, None] * lag.clamp(min=0)) * (lag >= 0)  # [heads, chunk, chunk]
-    local = torch.einsum("hij,bnjhd->bnihd", within, values)
-    carry = torch.exp(-decay[None, :] * (steps[:, None] + 1))[None, :, :, None]  # [1, chunk, heads, 1]
-    outputs = []
-    for index in range(local.shape[1]):
-        out = local[:, index] + carry * state[:, None]
-        outputs.append(out)
-        state = out[:, -1]
-    y = torch.cat(outputs, dim=1)[:, :length]
-    return y.to(x.dtype), y[:, -1]
 
 
 class MemoryMosaicsCacheLayer(DynamicLayer):
@@ -239,10 +198,7 @@ class MemoryMosaicsAssociativeMemory(nn.Module):
 
     def _leaky(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         decay = self.leaky_key_beta.abs() * PARAM_SCALE
-        kernel = kernel_for(features, "leaky_average", *self.kernel) if self.kernel is not None else None
-        if kernel is not None:
-            return kernel.leaky_average(features, decay, state)
-        return leaky_average(features, decay, state, self.chunk_size)
+        return leaky_average(features, decay, state, self.chunk_size, self.kernel)
 
     def keys(self, inputs: torch.Tensor, states: dict, step: MosaicsStep, cache: dict | None) -> torch.Tensor:
         """Scaled keys `[B, H, T, d]` of the new tokens; updates the leaky state and the input window in `cache`."""
