@@ -138,6 +138,15 @@ def test_each_record_agrees_with_its_files(record):
     for folder in record.research.fixtures:
         assert (FIXTURES / folder / "README.md").is_file()
         assert record.research.commit in (FIXTURES / folder / "README.md").read_text(encoding="utf-8")
+        assert (FIXTURES / folder / "generate_fixtures.py").is_file(), f"{folder} has no generator script"
+
+
+@pytest.mark.parametrize("folder", sorted({f for record in ARCHITECTURES for f in record.research.fixtures}))
+def test_fixture_generators_take_a_research_checkout(folder):
+    """Each generator runs without the research code until it is given a checkout (--research PATH)."""
+    script = FIXTURES / folder / "generate_fixtures.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--research" in result.stdout, result.stderr[-2000:]
 
 
 def test_one_configuration_file_per_modeling_file():
