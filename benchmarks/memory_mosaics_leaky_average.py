@@ -87,7 +87,8 @@ NAIVE_TT_TRANSIENT = 4
 
 
 def naive_leaky_average(
-    x: torch.Tensor, decay: torch.Tensor, initial_state: torch.Tensor | None = None, chunk_size: int = 64
+    x: torch.Tensor, decay: torch.Tensor, initial_state: torch.Tensor | None = None, chunk_size: int = 64,
+    kernel: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `mm.leaky_average`, computed as one `[H, T, T]` decay matrix `exp(-beta (t - s)) [s <= t]`."""
     if initial_state is not None:

@@ -22,7 +22,7 @@ def _refuse_task_model(model_dir: str, command: str) -> None:
     if model_type in BY_MODEL_TYPE and BY_MODEL_TYPE[model_type].role == "task":
         raise ValueError(f"{model_dir} is a {model_type} model: it scores candidate embeddings and is not a language "
                          f"model, so `memory-zoo {command}` cannot use it. Load it with AutoModel and call "
-                         "model(inputs_embeds=...) (see the README, Retrieval).")
+                         "model(inputs_embeds=...) (see docs/masked_mixer.md, Retrieval).")
 
 
 def _check_model_location(model_dir: str) -> None:
