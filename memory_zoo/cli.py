@@ -233,7 +233,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, TypeError, OSError, StrictDataclassError)
 
 
-USER_ERRORS = _user_errors()
+def __getattr__(name: str):
+    # USER_ERRORS stays importable, computed on use so that importing the CLI does not import huggingface_hub.
+    if name == "USER_ERRORS":
+        return _user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         args.func(args)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         # One line: the problem and its fix. Anything else is a bug of ours and keeps its traceback.
         message = " ".join(str(error).split())
         if type(error).__name__.startswith("StrictDataclass") and getattr(args, "model_dir", None):

@@ -20,6 +20,7 @@ import math
 import typing
 from dataclasses import fields
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Pretrain
 
 import memory_zoo
 from memory_zoo import cli
+from memory_zoo.configuration.zoo_config import OtherArchitectureError
 from memory_zoo.conversion import ConversionError, convert
 from memory_zoo.modeling.zoo_loading import CheckpointMismatchError
 
@@ -206,6 +208,20 @@ def test_another_architectures_folder_is_refused_by_name(architecture, tmp_path)
     with pytest.raises(ValueError, match=rf"holds a '{other}' model, but {model_class.__name__} builds "
                                          rf"'{architecture}' models.*AutoModelForCausalLM.from_pretrained"):
         model_class.from_pretrained(folder)
+    # The config class refuses it too (transformers' own reader only warns), and at the same single read.
+    reads = []
+    original = PretrainedConfig._get_config_dict.__func__
+
+    def counting(cls, *args, **kwargs):
+        reads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    with mock.patch.object(PretrainedConfig, "_get_config_dict", classmethod(counting)):
+        with pytest.raises(OtherArchitectureError, match=rf"holds a '{other}' model"):
+            model_class.config_class.from_pretrained(folder)
+        assert len(reads) == 1
+        model_class.from_pretrained(saved(architecture, tmp_path / "own"))
+        assert len(reads) == 2, "from_pretrained should read config.json once"
 
 
 def test_strict_false_does_what_the_mismatch_message_says(tmp_path):

@@ -84,6 +84,18 @@ def activation(value: str) -> None:
         raise ValueError(f"unknown activation {value!r}; choose one of {sorted(ACT2FN)}.")
 
 
+class OtherArchitectureError(ValueError):
+    """A config.json written for another architecture (its `model_type` differs from the class reading it)."""
+
+    def __init__(self, location, found: str, expected: str, reader: str) -> None:
+        self.location, self.found, self.expected = location, found, expected
+        super().__init__(
+            f"{location} holds a {found!r} model, but {reader} builds {expected!r} models: its weights cannot be "
+            f"loaded into this architecture. Load it with AutoModelForCausalLM.from_pretrained({str(location)!r}) "
+            f"(or AutoModel, AutoConfig), which picks the class named in its config.json."
+        )
+
+
 class ZooConfig(PretrainedConfig):
     """Base of every memory-zoo configuration.
 
@@ -102,6 +114,20 @@ class ZooConfig(PretrainedConfig):
         self._fill_defaults()
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """transformers' reader, refusing another architecture's config.json where transformers only warns.
+
+        The check sits here, where `from_pretrained` of the config and of every model reads config.json, so the
+        file is read once; a composite config holding ours under a nested key is accepted, as transformers does.
+        """
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found, expected = config_dict.get("model_type"), cls.model_type
+        nested = any(isinstance(value, dict) and value.get("model_type") == expected for value in config_dict.values())
+        if found and expected and found != expected and not nested:
+            raise OtherArchitectureError(pretrained_model_name_or_path, found, expected, cls.__name__)
+        return config_dict, kwargs
+
     def _fill_defaults(self) -> None:
         """Fill the fields whose default depends on other fields (e.g. `intermediate_size = 4 * hidden_size`)."""
 
@@ -115,6 +141,7 @@ __all__ = [
     "KERNEL_ORGANIZATION",
     "KERNEL_REVISION",
     "KEYS_TO_IGNORE_AT_INFERENCE",
+    "OtherArchitectureError",
     "ZooConfig",
     "activation",
     "default_kernel_repo",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 from transformers.utils import logging
+
+from ..configuration.zoo_config import OtherArchitectureError
 
 logger = logging.get_logger(__name__)
 
@@ -38,23 +39,6 @@ def warn_non_finite(model: nn.Module, where: str) -> list[str]:
             "will be NaN. The checkpoint was saved after training diverged or was damaged: use an earlier one."
         )
     return bad
-
-
-def _refuse_other_architecture(cls: type, location, kwargs: dict) -> None:
-    """Raise a ValueError when the folder or repository at `location` holds another architecture's model."""
-    hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "force_download", "local_files_only", "token", "revision",
-                                               "subfolder", "proxies") if key in kwargs}
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(location, **hub_kwargs)
-    except (OSError, ValueError):
-        return  # transformers reports a missing or unreadable config in its own words just after
-    found, expected = config_dict.get("model_type"), cls.config_class.model_type
-    if found and expected and found != expected:
-        raise ValueError(
-            f"{location} holds a {found!r} model, but {cls.__name__} builds {expected!r} models: its weights cannot "
-            f"be loaded into this architecture. Load it with AutoModelForCausalLM.from_pretrained({str(location)!r}) "
-            f"(or AutoModel), which picks the class named in its config.json."
-        )
 
 
 def _damaged_weights(location, error: Exception) -> OSError:
@@ -97,14 +81,15 @@ def load_strictly(cls: type, load, pretrained_model_name_or_path, *model_args, s
     """
     want_info = kwargs.pop("output_loading_info", False)
     allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-    if not isinstance(kwargs.get("config"), PretrainedConfig):
-        _refuse_other_architecture(cls, pretrained_model_name_or_path, kwargs)
     # Let transformers finish loading so that every problem can be reported at once, in our own words.
     try:
         model, info = load(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True,
             **kwargs,
         )
+    except OtherArchitectureError as error:
+        # Raised by the config class while transformers reads config.json; say which model class refused it.
+        raise OtherArchitectureError(error.location, error.found, error.expected, cls.__name__) from None
     except Exception as error:
         if type(error).__name__ != "SafetensorError":  # safetensors' own error type, without importing it here
             raise
