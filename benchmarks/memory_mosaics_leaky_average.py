@@ -103,14 +103,15 @@ def naive_leaky_average(
     return y.to(x.dtype), y[:, -1]
 
 
-def naive_read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step) -> torch.Tensor:
+def naive_read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step,
+               output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `MemoryMosaicsContextMemory.read` for a whole unpadded sequence, through `[B, H, T, T]`."""
     if step.past_length != 0 or step.valid is not None:
         raise NotImplementedError("the naive benchmark read-out handles past_length == 0 without padding only")
     batch, heads, length, dim = queries.shape
     shift, readable = self.shift, values.shape[-2]
     if readable == 0:
-        return queries.new_zeros(batch, heads, length, dim)
+        return queries.new_zeros(batch, heads, length, dim), None
     scores = queries @ keys.transpose(-1, -2)  # [B, H, T, T], no 1/sqrt(d)
     position = torch.arange(length, device=queries.device)
     hidden = position[None, :] > position[:, None] - shift  # key s is not readable from query t
@@ -120,7 +121,7 @@ def naive_read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
     probs = torch.softmax(scores, dim=-1) * has_any.to(scores.dtype)
     probs = F.dropout(probs, self.read_dropout, self.training)
     # The last `shift` keys are never readable; their value slots are zeros.
-    return probs @ F.pad(values, (0, 0, 0, length - readable))
+    return probs @ F.pad(values, (0, 0, 0, length - readable)), probs[..., :readable] if output_attentions else None
 
 
 @contextlib.contextmanager

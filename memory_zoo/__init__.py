@@ -4,7 +4,8 @@ Importing the package registers every architecture with the transformers Auto cl
 `AutoModelForCausalLM.from_pretrained(folder)` works without `trust_remote_code` wherever memory-zoo is installed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import transformers
+from transformers import AutoConfig
 
 from . import architectures as _records  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -25,24 +26,31 @@ from .modeling import (
     LSWTCache,
     LSWTForCausalLM,
     LSWTForPreferenceHeads,
+    LSWTForSequenceClassification,
     LSWTModel,
     MaskedMixerCache,
     MaskedMixerForCausalLM,
+    MaskedMixerForSequenceClassification,
     MaskedMixerModel,
     MemoryLayersForCausalLM,
+    MemoryLayersForSequenceClassification,
     MemoryLayersModel,
     MemoryMixerCache,
     MemoryMixerForCausalLM,
+    MemoryMixerForSequenceClassification,
     MemoryMosaicsCache,
     MemoryMosaicsForCausalLM,
+    MemoryMosaicsForSequenceClassification,
     MemoryMosaicsModel,
     MixerAutoencoderModel,
     RetrievalMixerModel,
     RetrievalMixerOutput,
     TransformerAutoencoderModel,
     VariableMemoryMixerForCausalLM,
+    VariableMemoryMixerForSequenceClassification,
     VariableMemoryTransformerCache,
     VariableMemoryTransformerForCausalLM,
+    VariableMemoryTransformerForSequenceClassification,
     memory_layers_param_groups,
     pool_hidden_states,
 )
@@ -57,11 +65,12 @@ ARCHITECTURES = [
 ]
 TASK_MODELS = [(record.config_class, record.model_class()) for record in _records.ARCHITECTURES if record.role == "task"]
 
-_AUTO_CLASSES = {"AutoModel": AutoModel, "AutoModelForCausalLM": AutoModelForCausalLM}
+# Each record's Auto roles name the transformers Auto class itself (AutoModel, AutoModelForCausalLM,
+# AutoModelForSequenceClassification, ...), so a role added to a record is registered here without a list to update.
 for _record in _records.ARCHITECTURES:
     AutoConfig.register(_record.model_type, _record.config_class, exist_ok=True)
     for _auto, _class_name in _record.auto_classes.items():
-        _AUTO_CLASSES[_auto].register(_record.config_class, _record.model_class(_auto), exist_ok=True)
+        getattr(transformers, _auto).register(_record.config_class, _record.model_class(_auto), exist_ok=True)
 
 # PEFT's default LoRA targets for our model types, when PEFT is installed (guarded; see memory_zoo/lora.py).
 from .lora import register_peft_target_modules  # noqa: E402
@@ -76,20 +85,25 @@ __all__ = [
     "LSWTConfig",
     "LSWTForCausalLM",
     "LSWTForPreferenceHeads",
+    "LSWTForSequenceClassification",
     "LSWTModel",
     "MaskedMixerCache",
     "MaskedMixerConfig",
     "MaskedMixerForCausalLM",
+    "MaskedMixerForSequenceClassification",
     "MaskedMixerModel",
     "MemoryLayersConfig",
     "MemoryLayersForCausalLM",
+    "MemoryLayersForSequenceClassification",
     "MemoryLayersModel",
     "MemoryMixerCache",
     "MemoryMixerConfig",
     "MemoryMixerForCausalLM",
+    "MemoryMixerForSequenceClassification",
     "MemoryMosaicsCache",
     "MemoryMosaicsConfig",
     "MemoryMosaicsForCausalLM",
+    "MemoryMosaicsForSequenceClassification",
     "MemoryMosaicsModel",
     "MixerAutoencoderConfig",
     "MixerAutoencoderModel",
@@ -101,9 +115,11 @@ __all__ = [
     "TransformerAutoencoderModel",
     "VariableMemoryMixerConfig",
     "VariableMemoryMixerForCausalLM",
+    "VariableMemoryMixerForSequenceClassification",
     "VariableMemoryTransformerCache",
     "VariableMemoryTransformerConfig",
     "VariableMemoryTransformerForCausalLM",
+    "VariableMemoryTransformerForSequenceClassification",
     "memory_layers_param_groups",
     "pool_hidden_states",
 ]

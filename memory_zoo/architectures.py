@@ -61,7 +61,9 @@ class Architecture:
     description: str  # one line, for model cards
     config_class: type[ZooConfig]
     modeling_module: str  # module under memory_zoo.modeling
-    auto_classes: dict[str, str]  # transformers Auto class name -> model class name in `modeling_module`
+    # transformers Auto class name -> model class name in `modeling_module` (causal LMs: AutoModel,
+    # AutoModelForCausalLM and AutoModelForSequenceClassification)
+    auto_classes: dict[str, str]
     role: Role  # causal LM, autoencoder (encode/decode, no causal LM), or task model (reads embeddings)
     research: Research
     lora_targets: tuple[str, ...]  # module-name suffixes PEFT adapts by default (see memory_zoo/lora.py)
@@ -72,6 +74,8 @@ class Architecture:
     checkpoint_is_folder: bool = False  # research checkpoints are folders (else one weights file, or a folder holding it)
     parity: Parity | None = None
     extra_exports: tuple[str, ...] = field(default=())  # further public model classes of `modeling_module`
+    # What `output_attentions=True` returns per block, for people (docs/generation.md); None: refused, no such weights
+    attentions: str | None = None
 
     @property
     def base_class_name(self) -> str:
@@ -80,6 +84,11 @@ class Architecture:
     @property
     def causal_lm_class_name(self) -> str | None:
         return self.auto_classes.get("AutoModelForCausalLM")
+
+    @property
+    def sequence_classification_class_name(self) -> str | None:
+        """The `...ForSequenceClassification` class (every causal LM has one: `zoo_classification`), or None."""
+        return self.auto_classes.get("AutoModelForSequenceClassification")
 
     def model_class(self, auto_class: str = "AutoModel") -> type:
         """The model class registered for `auto_class` (imported on first use)."""
@@ -114,9 +123,12 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         description="a decoder whose token mixing is a learned lower-triangular matrix per block (no attention, no "
                     "positional embeddings), followed by a per-token MLP",
         config_class=MaskedMixerConfig, modeling_module="modeling_masked_mixer",
-        auto_classes={"AutoModel": "MaskedMixerModel", "AutoModelForCausalLM": "MaskedMixerForCausalLM"},
+        auto_classes={"AutoModel": "MaskedMixerModel", "AutoModelForCausalLM": "MaskedMixerForCausalLM",
+                      "AutoModelForSequenceClassification": "MaskedMixerForSequenceClassification"},
         role="causal_lm", research=MASKEDMIXERS, lora_targets=_MIXER_BLOCK,
-        cache="the mixed inputs of every block so far (O(T) per token); beam reorder; left padding exact",
+        cache="the mixed inputs of every block so far (O(T) per token); beam reorder; crop (assisted decoding); "
+              "left padding exact",
+        attentions="mixing matrices [batch, mixing heads, new, cached + new] (learned, input-independent)",
         kernels=("masked_mixing",), converter="masked_mixer",
         sources=("masked-mixer", "multiheaded-mixer", "multiconv-mixer"),
         parity=Parity("tests/test_masked_mixer_conversion.py", "1e-5 (absolute and relative)", "9.6e-7"),
@@ -126,13 +138,15 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         description="a stack of associative memories (leaky-average keys, look-ahead values, kernel-regression "
                     "read-out) in place of attention and MLP",
         config_class=MemoryMosaicsConfig, modeling_module="modeling_memory_mosaics",
-        auto_classes={"AutoModel": "MemoryMosaicsModel", "AutoModelForCausalLM": "MemoryMosaicsForCausalLM"},
+        auto_classes={"AutoModel": "MemoryMosaicsModel", "AutoModelForCausalLM": "MemoryMosaicsForCausalLM",
+                      "AutoModelForSequenceClassification": "MemoryMosaicsForSequenceClassification"},
         role="causal_lm",
         research=Research("facebookresearch/MemoryMosaics", "1fff63bf1c754f87a4c1f370e02f30a259b6e825",
                           ("memory_mosaics",)),
         lora_targets=("key_features.proj", "value_features.proj", "o_proj"),
-        cache="keys and values of every past token plus the leaky-average states; beam reorder; no crop (assisted "
-              "decoding refused); left padding exact",
+        cache="keys and values of every past token plus the leaky-average states; beam reorder; crop by snapshot "
+              "and replay (assisted decoding); left padding exact",
+        attentions="in-context memory read weights [batch, heads, new, finished values]",
         kernels=("leaky_average",), converter="memory_mosaics", sources=("memory-mosaics",),
         parity=Parity("tests/test_memory_mosaics_conversion.py", "1e-4 (absolute)", "3.8e-5"),
     ),
@@ -141,12 +155,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         description="a Llama-style transformer whose chosen blocks use a product-key memory (PK / PK+) in place of "
                     "the MLP",
         config_class=MemoryLayersConfig, modeling_module="modeling_memory_layers",
-        auto_classes={"AutoModel": "MemoryLayersModel", "AutoModelForCausalLM": "MemoryLayersForCausalLM"},
+        auto_classes={"AutoModel": "MemoryLayersModel", "AutoModelForCausalLM": "MemoryLayersForCausalLM",
+                      "AutoModelForSequenceClassification": "MemoryLayersForSequenceClassification"},
         role="causal_lm",
         research=Research("facebookresearch/memory", "7f85280cee4a4696f5e0444d5657dc09282408ff", ("memory_layers",)),
         lora_targets=(*_ATTENTION, *_SWIGLU, "mlp.query_proj", "mlp.value_proj", "mlp.swilu_projection"),
         cache="a transformers DynamicCache of keys and values (memory lookups need none); crop, beam reorder, "
               "assisted decoding; left padding exact",
+        attentions="attention weights [batch, heads, new, cached + new]",
         kernels=("embedding_bag",), converter="memory_layers", sources=("memory-layers",),
         checkpoint_is_folder=True,
         parity=Parity("tests/test_memory_layers_conversion.py", "1e-4 (absolute)", "0 (exact)"),
@@ -155,11 +171,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         model_type="lswt", name="Long-Short-Working Transformer",
         description="a pre-LN transformer with a Transformer-XL memory of earlier segments' keys and values",
         config_class=LSWTConfig, modeling_module="modeling_lswt",
-        auto_classes={"AutoModel": "LSWTModel", "AutoModelForCausalLM": "LSWTForCausalLM"},
+        auto_classes={"AutoModel": "LSWTModel", "AutoModelForCausalLM": "LSWTForCausalLM",
+                      "AutoModelForSequenceClassification": "LSWTForSequenceClassification"},
         role="causal_lm",
         research=Research("Avelina9X/memory-transformer-pt4", "5219fa7b0e64ded2173e98c11169c76c0564fc48", ("lswt",)),
         lora_targets=(*_ATTENTION, "mlp.up_proj", "mlp.gate_proj", "mlp.down_proj"),
-        cache="the XL memory: raw keys and values of past segments, trimmed to max_key_values; beam reorder",
+        cache="the XL memory: raw keys and values of past segments, trimmed to max_key_values; beam reorder; crop by "
+              "snapshot and replay (assisted decoding)",
+        attentions="attention weights [batch, heads, new, registers + cached + new]",
         converter="lswt", sources=("lswt",), checkpoint_is_folder=True,
         parity=Parity("tests/test_lswt_conversion.py", "1e-4 (absolute)", "2e-6"),
         extra_exports=("LSWTForPreferenceHeads",),
@@ -180,10 +199,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                     "the memories of the chunks before it",
         config_class=VariableMemoryMixerConfig, modeling_module="modeling_memory_mixer",
         auto_classes={"AutoModel": "VariableMemoryMixerForCausalLM",
-                      "AutoModelForCausalLM": "VariableMemoryMixerForCausalLM"},
+                      "AutoModelForCausalLM": "VariableMemoryMixerForCausalLM",
+                      "AutoModelForSequenceClassification": "VariableMemoryMixerForSequenceClassification"},
         role="causal_lm", research=MEMORYMODELS, lora_targets=_MIXER_BLOCK,
         cache="the memories of finished chunks plus the decoder's mixing state of the current chunk; beam reorder; "
-              "left padding refused",
+              "crop by snapshot and replay (assisted decoding); left padding refused",
         kernels=("masked_mixing",), converter="mixer_autoencoder", sources=("variable-memory-mixer",),
         parity=Parity("tests/test_mixer_autoencoder.py", "1e-5 (absolute)", "1.2e-6"),
     ),
@@ -192,9 +212,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         description="a mixer decoder conditioned on an encoded memory of a chunk, as a first token or concatenated "
                     "to every embedding",
         config_class=MemoryMixerConfig, modeling_module="modeling_memory_mixer",
-        auto_classes={"AutoModel": "MemoryMixerForCausalLM", "AutoModelForCausalLM": "MemoryMixerForCausalLM"},
+        auto_classes={"AutoModel": "MemoryMixerForCausalLM", "AutoModelForCausalLM": "MemoryMixerForCausalLM",
+                      "AutoModelForSequenceClassification": "MemoryMixerForSequenceClassification"},
         role="causal_lm", research=MEMORYMODELS, lora_targets=_MIXER_BLOCK,
-        cache="the memory of the previous chunk plus the decoder's mixing state; beam reorder; left padding refused",
+        cache="the memory of the previous chunk plus the decoder's mixing state; beam reorder; crop by snapshot and "
+              "replay (assisted decoding); left padding refused",
         kernels=("masked_mixing",), converter="mixer_autoencoder", sources=("memory-mixer",),
         parity=Parity("tests/test_mixer_autoencoder.py", "1e-5 (absolute)", "1.2e-6"),
     ),
@@ -212,10 +234,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         description="the Llama-block counterpart of the variable-memory mixer",
         config_class=VariableMemoryTransformerConfig, modeling_module="modeling_memory_transformer",
         auto_classes={"AutoModel": "VariableMemoryTransformerForCausalLM",
-                      "AutoModelForCausalLM": "VariableMemoryTransformerForCausalLM"},
+                      "AutoModelForCausalLM": "VariableMemoryTransformerForCausalLM",
+                      "AutoModelForSequenceClassification": "VariableMemoryTransformerForSequenceClassification"},
         role="causal_lm", research=MEMORYMODELS, lora_targets=(*_ATTENTION, *_SWIGLU),
         cache="the memories of finished chunks plus the decoder's key/value cache of the current chunk; beam "
-              "reorder; left-padded batches decode without the cache",
+              "reorder; crop by snapshot and replay (assisted decoding); left-padded batches decode without the cache",
         converter="memory_transformer", sources=("variable-memory-transformer",),
         parity=Parity("tests/test_memory_transformer_conversion.py", "1e-5 (absolute)", "0"),
     ),

@@ -1,12 +1,24 @@
-"""The `memory-zoo` command: `convert` research checkpoints, `generate` text, `eval` perplexity, `push` models and kernels to a Hub."""
+"""The commands of `memory-zoo`: `convert` research checkpoints, `generate` text, `eval` perplexity, `push` models and
+kernels to a Hub.
+
+The `memory-zoo` console script is `memory_zoo_cli.main`, which parses the command line without importing this
+package (so `--help` is instant) and then calls [`run`]. `python -m memory_zoo.cli ...` and [`main`] take the same
+arguments from the same parser (`memory_zoo_cli.arguments`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from memory_zoo_cli.arguments import build_parser, parse_args
+from memory_zoo_cli.progress import Progress
+
+__all__ = ["COMMANDS", "build_parser", "main", "parse_args", "run"]
 
 
 def _refuse_task_model(model_dir: str, command: str) -> None:
@@ -14,8 +26,6 @@ def _refuse_task_model(model_dir: str, command: str) -> None:
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
         return
-    import json
-
     from .architectures import BY_MODEL_TYPE
 
     model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
@@ -33,18 +43,38 @@ def _check_model_location(model_dir: str) -> None:
     raise ValueError(f"The model folder {path} does not exist: check the path (or give a Hub repository id).")
 
 
-def _convert(args: argparse.Namespace) -> None:
+def _convert(args: argparse.Namespace, progress: Progress) -> str:
     from .conversion import convert
 
     model = convert(args.source, args.checkpoint, args.output_dir, config=args.config, dtype=args.dtype,
                     tokenizer=args.tokenizer, reference=args.reference, research_commit=args.research_commit,
-                    overwrite=args.overwrite, allow_non_finite=args.allow_non_finite)
+                    overwrite=args.overwrite, allow_non_finite=args.allow_non_finite, progress=progress.step)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"Converted {args.source} checkpoint {args.checkpoint} -> {args.output_dir} "
-          f"({type(model).__name__}, {parameters:,} parameters, {args.dtype}).")
+    return (f"Converted {args.source} checkpoint {args.checkpoint} -> {args.output_dir} "
+            f"({type(model).__name__}, {parameters:,} parameters, {args.dtype}).")
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _token_counter(progress: Progress, new_tokens: int):
+    """A transformers streamer that counts the tokens `generate` produces (the first `put` is the prompt)."""
+    from transformers.generation import BaseStreamer
+
+    class Counter(BaseStreamer):
+        prompt_seen = False
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                progress.count(new_tokens, "tokens", "generated")
+                return
+            progress.advance(value.numel())
+
+        def end(self) -> None:
+            pass
+
+    return Counter()
+
+
+def _generate(args: argparse.Namespace, progress: Progress) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +83,10 @@ def _generate(args: argparse.Namespace) -> None:
     # Importing memory_zoo (this module's package) registered every architecture with the Auto classes.
     _check_model_location(args.model_dir)
     _refuse_task_model(args.model_dir, "generate")
-    tokenizer = load_tokenizer(args.tokenizer or args.model_dir, args.model_dir if args.tokenizer else None)
+    progress.step(f"loading the tokenizer from {args.tokenizer or args.model_dir}")
+    tokenizer = load_tokenizer(args.tokenizer or args.model_dir, args.model_dir if args.tokenizer else None,
+                               trust_remote_code=args.trust_remote_code)
+    progress.step(f"loading the model from {args.model_dir}")
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, trust_remote_code=args.trust_remote_code).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt")
     prompt_length = inputs["input_ids"].shape[-1]
@@ -71,6 +104,10 @@ def _generate(args: argparse.Namespace) -> None:
         )
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    progress.step(f"generating {args.max_new_tokens} tokens" + (f" with {args.num_beams} beams" if args.num_beams > 1
+                                                                else ""))
+    # Beam search takes no streamer (transformers refuses one): its line shows the time spent instead of a count.
+    streamer = _token_counter(progress, args.max_new_tokens) if args.num_beams == 1 else None
     with torch.inference_mode():
         output = model.generate(
             **inputs,
@@ -82,23 +119,30 @@ def _generate(args: argparse.Namespace) -> None:
             num_beams=args.num_beams,
             use_cache=not args.no_cache,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            streamer=streamer,
         )
-    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
-def _eval(args: argparse.Namespace) -> None:
-    import json
-
-    from .evaluation import evaluate_file, format_results
+def _eval(args: argparse.Namespace, progress: Progress) -> str:
+    from .evaluation import evaluate_dataset, evaluate_file, format_results
 
     _check_model_location(args.model_dir)
     _refuse_task_model(args.model_dir, "eval")
-    results = evaluate_file(args.model_dir, args.text_file, tokenizer=args.tokenizer, context=args.context,
-                            stride=args.stride, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
-                            device=args.device, progress=args.verbose)
-    print(format_results(results))
+    options = dict(tokenizer=args.tokenizer, context=args.context, stride=args.stride, batch_size=args.batch_size,
+                   trust_remote_code=args.trust_remote_code, device=args.device, progress=progress)
+    if args.dataset is not None:
+        if not args.verbose:  # `datasets` draws bars of its own while it reads and caches a data file
+            import datasets
+
+            datasets.disable_progress_bars()
+        results = evaluate_dataset(args.model_dir, args.dataset, split=args.split, column=args.column,
+                                   subset=args.subset, **options)
+    else:
+        results = evaluate_file(args.model_dir, args.text_file, **options)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return format_results(results)
 
 
 def _hub_call(function, *args, **kwargs):
@@ -115,114 +159,32 @@ def _hub_call(function, *args, **kwargs):
         raise OSError(f"cannot reach the Hub at {constants.ENDPOINT} ({error}); check HF_ENDPOINT and the network.") from error
 
 
-def _push(args: argparse.Namespace) -> None:
+def _push(args: argparse.Namespace, progress: Progress) -> str:
     from .hub import push_model
 
     overwrite = True if args.overwrite_card else False if args.keep_card else None
+    progress.step(f"publishing {args.model_dir} to {args.repo_id}")
     commit = _hub_call(push_model, args.model_dir, args.repo_id, private=args.private, license=args.license,
                        commit_message=args.commit_message, overwrite_card=overwrite, revision=args.revision)
-    print(f"Pushed {args.model_dir} -> {args.repo_id} (commit {commit.oid}).")
+    return f"Pushed {args.model_dir} -> {args.repo_id} (commit {commit.oid})."
 
 
-def _push_kernels(args: argparse.Namespace) -> None:
+def _push_kernels(args: argparse.Namespace, progress: Progress) -> str:
     from .hub import push_kernels
 
-    for pushed in _hub_call(push_kernels, args.kernels, organization=args.organization, private=args.private):
-        print(f"Pushed kernel {pushed.name} -> {pushed.repo_id} (branch {pushed.branch}, commit {pushed.commit}).")
+    progress.step(f"publishing the kernels {', '.join(args.kernels) if args.kernels else '(all)'}")
+    pushed = _hub_call(push_kernels, args.kernels, organization=args.organization, private=args.private)
+    return "\n".join(f"Pushed kernel {p.name} -> {p.repo_id} (branch {p.branch}, commit {p.commit})." for p in pushed)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, reporting a usage error in one line (with where to find the usage) instead of the whole usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .conversion import DTYPES, SOURCES
-
-    parser = _Parser(prog="memory-zoo", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log conversion notes and library messages")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    convert = commands.add_parser("convert", help="convert a research checkpoint into a Hub-format model folder")
-    convert.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE",
-                         help=f"research code the checkpoint came from: {', '.join(sorted(SOURCES))}")
-    convert.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder or weights file")
-    convert.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder to write the converted model to")
-    convert.add_argument("--config", metavar="FILE",
-                         help="JSON object of the research code's hyperparameters under its own names "
-                              "(constructor arguments and module globals such as tokenized_length); "
-                              "checked against the tensor shapes")
-    convert.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
-    convert.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder to save with the model")
-    convert.add_argument("--reference", metavar="FILE",
-                         help="safetensors with `input_ids` (or, for retrieval-mixer, `inputs_embeds`) and the research "
-                              "model's `logits` for them: the converted model must match within 1e-5; the "
-                              "difference is recorded in conversion.json")
-    convert.add_argument("--research-commit", metavar="SHA",
-                         help="commit of the research code the checkpoint was trained with (recorded)")
-    convert.add_argument("--overwrite", action="store_true",
-                         help="replace the contents of a non-empty OUTPUT_DIR (by default it is refused)")
-    convert.add_argument("--allow-non-finite", action="store_true",
-                         help="convert weights holding NaN or infinite values, with a warning (by default refused)")
-    convert.set_defaults(func=_convert)
-
-    generate = commands.add_parser("generate", help="generate text from a model folder")
-    generate.add_argument("model_dir", metavar="MODEL_DIR")
-    generate.add_argument("prompt", metavar="PROMPT")
-    generate.add_argument("--max-new-tokens", type=int, default=50)
-    generate.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam decoding")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=50)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--num-beams", type=int, default=1)
-    generate.add_argument("--seed", type=int, help="random seed for sampling")
-    generate.add_argument("--no-cache", action="store_true", help="re-run the whole sequence for every token")
-    generate.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, if MODEL_DIR has none")
-    generate.add_argument("--trust-remote-code", action="store_true",
-                          help="allow the folder's own code for architectures memory-zoo does not know")
-    generate.set_defaults(func=_generate)
-
-    push = commands.add_parser("push", help="publish a model folder (weights, tokenizer, remote code, model card)")
-    push.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained or memory-zoo convert")
-    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, ORGANISATION/NAME (created if missing)")
-    push.add_argument("--private", action="store_true", help="create the repository private")
-    push.add_argument("--license", help="license of the model card (default: apache-2.0; other for converted "
-                                        "research checkpoints, pointing at the research repository)")
-    push.add_argument("--commit-message", help="message of the upload commit")
-    push.add_argument("--revision", help="branch to push to (default: main)")
-    card = push.add_mutually_exclusive_group()
-    card.add_argument("--overwrite-card", action="store_true", help="replace an existing README.md, even hand-written")
-    card.add_argument("--keep-card", action="store_true", help="never replace an existing README.md (default: "
-                                                               "regenerate it only if memory-zoo wrote it)")
-    push.set_defaults(func=_push)
-
-    push_kernels = commands.add_parser("push-kernels", help="publish memory-zoo's kernels as Hub kernel repositories")
-    push_kernels.add_argument("kernels", nargs="*", metavar="NAME",
-                              help="kernels to publish (default: all), e.g. masked_mixing")
-    push_kernels.add_argument("--organization", help="organisation to publish to (default: the repo-id of each "
-                                                     "kernel's build.toml, memory-zoo/<name>)")
-    push_kernels.add_argument("--private", action="store_true", help="create the repositories private")
-    push_kernels.set_defaults(func=_push_kernels)
-
-    evaluate = commands.add_parser("eval", help="perplexity of a causal LM (reconstruction metrics of an autoencoder) "
-                                                "on a text file")
-    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
-    evaluate.add_argument("text_file", metavar="TEXT_FILE", help="UTF-8 text, tokenized as one document")
-    evaluate.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, if MODEL_DIR has none")
-    evaluate.add_argument("--context", type=int, metavar="N",
-                          help="tokens per window (default: the model's context from its config)")
-    evaluate.add_argument("--stride", type=int, metavar="N",
-                          help="tokens between window starts (default: --context, no overlap); a smaller stride "
-                               "scores every token with at least context - stride tokens before it")
-    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows per forward pass")
-    evaluate.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    evaluate.add_argument("--trust-remote-code", action="store_true",
-                          help="allow the folder's own code for architectures memory-zoo does not know")
-    evaluate.set_defaults(func=_eval)
-    return parser
+# Subcommand -> what runs it: returns the text the command prints once its progress line is gone.
+COMMANDS: dict[str, Callable[[argparse.Namespace, Progress], str]] = {
+    "convert": _convert,
+    "generate": _generate,
+    "push": _push,
+    "push-kernels": _push_kernels,
+    "eval": _eval,
+}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -240,8 +202,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
+    """Run the parsed command `args` (from `memory_zoo_cli.arguments.parse_args`), reporting its progress on
+    `progress` (default: a new progress line on stderr); returns the exit status. A user error is one line on stderr
+    with status 2; anything else is a bug of ours and keeps its traceback."""
+    progress = progress or Progress(f"memory-zoo {args.command}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         from transformers.utils import logging as hf_logging
@@ -249,17 +214,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     try:
-        args.func(args)
+        output = COMMANDS[args.command](args, progress)
     except Exception as error:
+        progress.close(failed=True)  # the line is gone before the error is printed
         if not isinstance(error, _user_errors()):
             raise
-        # One line: the problem and its fix. Anything else is a bug of ours and keeps its traceback.
+        # One line: the problem and its fix.
         message = " ".join(str(error).split())
         if type(error).__name__.startswith("StrictDataclass") and getattr(args, "model_dir", None):
             message = f"{args.model_dir}/config.json is not a valid configuration: {message} Fix the value in that file."
         print(f"memory-zoo {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BaseException:  # KeyboardInterrupt: the line goes, the interruption stays
+        progress.close(failed=True)
+        raise
+    progress.close()
+    if output:
+        print(output)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`memory-zoo` with `argv` (default: the command line), as `python -m memory_zoo.cli`; returns the exit status."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ Suffixes are qualified (`self_attn.q_proj`, not `q_proj`) where a bare name woul
 wrap (the LSWT preference pooler's `q_proj` is an adapter module, not an `nn.Linear`).
 
 Importing `memory_zoo` calls [`register_peft_target_modules`] when PEFT is installed, so
-`LoraConfig(task_type="CAUSAL_LM")` without `target_modules` picks these defaults for memory-zoo models;
-[`lora_config`] builds the config explicitly (the right `task_type` included).
+`LoraConfig(task_type="CAUSAL_LM")` (or `"SEQ_CLS"`) without `target_modules` picks these defaults for memory-zoo
+models; [`lora_config`] builds the config explicitly (the right `task_type` included).
+
+Sequence classifiers (`...ForSequenceClassification`, one per causal LM) adapt the same targets with
+`task_type="SEQ_CLS"`: PEFT then trains their new `score` head in full next to the adapter (it adds `score` to
+`modules_to_save`, as for transformers' own classifiers), saves it with the adapter and restores it on
+`PeftModel.from_pretrained`, also onto a classifier loaded from the causal-LM checkpoint (whose `score` starts random).
 """
 
 from __future__ import annotations
@@ -94,10 +99,11 @@ def lora_config(
 ) -> LoraConfig:
     """A `peft.LoraConfig` for a memory-zoo architecture, with its documented `target_modules`.
 
-    Causal LMs get `task_type="CAUSAL_LM"` (so `PeftModel` generation works); autoencoders get no task type: the
-    plain `PeftModel` passes `forward(input_ids=..., labels=...)`, `encode` and `decode` straight through to the
-    model, which is what a reconstruction model needs (the feature-extraction wrapper would add arguments it
-    ignores).
+    Causal LMs get `task_type="CAUSAL_LM"` (so `PeftModel` generation works); sequence classifiers (a model, or a
+    config whose `architectures` names one) get `"SEQ_CLS"` (PEFT trains and saves their `score` head in full);
+    autoencoders get no task type: the plain `PeftModel` passes `forward(input_ids=..., labels=...)`, `encode` and
+    `decode` straight through to the model, which is what a reconstruction model needs (the feature-extraction
+    wrapper would add arguments it ignores).
 
     Args:
         model_or_model_type: a model, its config, or a `model_type` string (`"masked_mixer"`, ...).
@@ -118,7 +124,20 @@ def lora_config(
     if model_type not in LORA_TARGET_MODULES:
         raise KeyError(f"{model_type!r} is not a memory-zoo architecture; LoRA targets are known for "
                        f"{', '.join(sorted(LORA_TARGET_MODULES))}. Pass target_modules to peft.LoraConfig instead.")
-    causal = {record.model_type for record in ARCHITECTURES if record.causal_lm_class_name}
     kwargs.setdefault("target_modules", list(LORA_TARGET_MODULES[model_type]))
-    kwargs.setdefault("task_type", "CAUSAL_LM" if model_type in causal else None)
+    kwargs.setdefault("task_type", _task_type(model_or_model_type, model_type))
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, **kwargs)
+
+
+def _task_type(model_or_model_type: str | PretrainedConfig | PreTrainedModel, model_type: str) -> str | None:
+    """PEFT's task type for a model, a config or a model type, from the architecture's record."""
+    record = next(record for record in ARCHITECTURES if record.model_type == model_type)
+    if isinstance(model_or_model_type, str):
+        class_names = []
+    elif hasattr(model_or_model_type, "config"):  # a model: its class (by name, so remote-code classes count too)
+        class_names = [type(model_or_model_type).__name__]
+    else:  # a config: the classes it was saved from
+        class_names = list(getattr(model_or_model_type, "architectures", None) or [])
+    if record.sequence_classification_class_name in class_names:
+        return "SEQ_CLS"
+    return "CAUSAL_LM" if record.causal_lm_class_name else None

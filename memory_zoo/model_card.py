@@ -145,9 +145,12 @@ def model_card(
         if has_tokenizer is None:
             has_tokenizer = any((model_dir / name).is_file() for name in TOKENIZER_FILES)
     class_name = _model_class_name(config, model)
-    causal = isinstance(model, GenerationMixin) if model is not None else (
-        "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}) or class_name.endswith("ForCausalLM"))
     record = BY_MODEL_TYPE.get(config.model_type)
+    # A sequence classifier (the memory mixers' ones are built on their causal-LM classes) is no text generator.
+    classifier = class_name.endswith("ForSequenceClassification") or (
+        record is not None and class_name == record.sequence_classification_class_name)
+    causal = not classifier and (isinstance(model, GenerationMixin) if model is not None else (
+        "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}) or class_name.endswith("ForCausalLM")))
     name, research_repo, description = ((record.name, record.research.repository, record.description) if record
                                         else (config.model_type, None, "a memory-zoo architecture"))
     repo_id = repo_id or (model_dir.name if model_dir is not None else "<repo-id>")
@@ -164,11 +167,12 @@ def model_card(
     data = ModelCardData(
         library_name="transformers", license=license,
         tags=list(dict.fromkeys(["memory-zoo", config.model_type, "custom_code", *(tags or [])])),
-        pipeline_tag="text-generation" if causal else "feature-extraction",
+        pipeline_tag="text-classification" if classifier else "text-generation" if causal else "feature-extraction",
         **({"license_name": "research-checkpoint-license",
             "license_link": f"https://github.com/{research_of_weights}"} if license == "other" and conversion else {}),
     )
-    auto_class = "AutoModelForCausalLM" if causal else "AutoModel"
+    auto_class = ("AutoModelForSequenceClassification" if classifier else "AutoModelForCausalLM" if causal
+                  else "AutoModel")
     lines = [
         "---", data.to_yaml(), "---",
         f"{CARD_MARKER} {__version__}; `memory-zoo push --overwrite-card` regenerates it -->",
@@ -187,7 +191,15 @@ def model_card(
     if conversion:
         lines += _conversion_section(conversion)
     lines += ["", "## How to load", "", "```python"]
-    if causal:
+    if classifier:
+        labels = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label or {}))
+        lines += [f"from transformers import {auto_class}" + (", pipeline" if has_tokenizer else ""), "",
+                  f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)',
+                  f"# logits [batch, {config.num_labels}] ({labels}), read at each row's last non-pad token"]
+        if has_tokenizer:
+            lines += [f'classifier = pipeline("text-classification", model="{repo_id}", trust_remote_code=True)',
+                      'print(classifier("Once upon a time"))']
+    elif causal:
         lines += [f"from transformers import {auto_class}" + (", AutoTokenizer, pipeline" if has_tokenizer else ""), "",
                   f'model = {auto_class}.from_pretrained("{repo_id}", trust_remote_code=True)']
         if has_tokenizer:

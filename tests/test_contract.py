@@ -4,8 +4,8 @@ The architectures come from ``memory_zoo.ARCHITECTURES`` (every entry with a cau
 tested by construction: until it has a ``CASES`` entry below, each check fails and says so. The checks are what a user
 of ``transformers`` relies on: save/reload, remote code where memory-zoo is not installed, exact cached generation
 (greedy, beam search, sampling), left-padded batches, the cache under both of its names (``past_key_values`` before
-transformers 5.24, ``cache`` since), multi-token chunks through the cache, a clear error past a fixed context, and no
-warning printed on the way. ``benchmarks/compat_matrix.py`` runs this file under each transformers release it lists.
+transformers 5.24, ``cache`` since), multi-token chunks through the cache, assisted and prompt-lookup decoding equal to
+greedy decoding, a clear error past a fixed context, and no warning printed on the way. ``benchmarks/compat_matrix.py`` runs this file under each transformers release it lists.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ from conftest import (
     train_tokenizer,
 )
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Cache
 
 import memory_zoo
+from memory_zoo.architectures import architecture as record_of
 from memory_zoo.modeling.zoo_compat import CACHE_NAME
+from memory_zoo.modeling.zoo_rollback import RollbackMixin
 
 VOCAB = 128  # above the probe tokenizer's 90 tokens, so a tokenizer can travel with every model
 PROBE = Path(__file__).parent / "contract_probe.py"
@@ -108,7 +110,7 @@ CASES: dict[str, ContractCase] = {
         lambda **o: _memory_mixer("MemoryMixerForCausalLM", **o), left_padding="refused",
         variants={"memory_token": {}, "memory_embedding": {"combination": "embedding"}}),
     "variable_memory_transformer": ContractCase(
-        _memory_transformer, context=20, left_padding="uncached",
+        _memory_transformer, context=20,
         variants={"fixed_c2_proj": {}, "variable": {"fixed_memory": False, "compression": 1},
                   "no_memory": {"no_memory": True, "encoder_config": None, "compression": 1}}),
 }
@@ -286,6 +288,142 @@ def test_bad_inputs_are_refused_with_the_fix(architecture, bad):
     if isinstance(base, torch.nn.Module) and "labels" not in kwargs:  # the bare model (AutoModel) checks the same
         with pytest.raises(error, match=pattern):
             base(**kwargs)
+
+
+# Configurations whose multi-token calls compute otherwise than one-token calls (LSWT trims its memory after every
+# call; dynamic RoPE rescales with a call's length): assisted decoding must then verify one token per call.
+ASSISTED_EXTRA = {"lswt-trimmed_memory": {"max_key_values": 6}, "lswt-dynamic_rope":
+                  {"rope_dynamic": True, "max_position_embeddings": 10, "max_key_values": 9}}
+
+
+def _build_any(variant: str) -> torch.nn.Module:
+    architecture, name = variant.split("-", 1)
+    overrides = ASSISTED_EXTRA.get(variant)
+    return case_of(architecture).build(**overrides) if overrides is not None else build(architecture, name)
+
+
+def _draft_model(variant: str) -> torch.nn.Module:
+    """A draft model that agrees with `variant`'s model on some tokens only, so that drafts are both accepted and
+    rejected: the architecture's next variant (a different configuration), its weights perturbed."""
+    architecture = variant.split("-", 1)[0]
+    siblings = [v for v in VARIANT_IDS if v.startswith(f"{architecture}-")]
+    draft = _build_any(siblings[(siblings.index(variant) + 1) % len(siblings)] if variant in siblings else siblings[0])
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            if parameter.is_floating_point() and parameter.numel() > 1:
+                noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                parameter.add_(noise * 0.6 * parameter.std())
+    return draft
+
+
+@contextmanager
+def counting_rollbacks() -> Iterator[list[int]]:
+    """Record the token counts every cache is asked to take back (`crop(-n)`), to know the check rejected drafts."""
+    taken_back: list[int] = []
+    originals = {cls: cls.__dict__["crop"] for cls in (Cache, RollbackMixin)}
+
+    def spy(original):
+        def crop(self, tokens_to_remove: int) -> None:
+            taken_back.append(-tokens_to_remove)
+            return original(self, tokens_to_remove)
+        return crop
+
+    for cls, original in originals.items():
+        cls.crop = spy(original)
+    try:
+        yield taken_back
+    finally:
+        for cls, original in originals.items():
+            cls.crop = original
+
+
+# What transformers itself prints here for its own models too (a LlamaForCausalLM with a Llama assistant prints the
+# first; the second is its reminder when a sequence outgrows max_position_embeddings, which dynamic RoPE is for).
+UPSTREAM_WARNINGS = ("Passing `generation_config` together with generation-related arguments",
+                     "exceeded the model's predefined maximum length")
+
+DECODINGS = {"assisted": lambda variant: {"assistant_model": _draft_model(variant)},
+             "prompt_lookup": lambda variant: {"prompt_lookup_num_tokens": 3}}
+
+
+@pytest.mark.parametrize("decoding", sorted(DECODINGS))
+@pytest.mark.parametrize("variant", VARIANT_IDS + sorted(ASSISTED_EXTRA))
+def test_assisted_decoding_equals_greedy(variant, decoding):
+    """Assisted (draft model) and prompt-lookup decoding keep exactly the tokens greedy decoding picks, taking
+    rejected draft tokens back out of the cache (`crop`); a repetitive prompt gives prompt lookup something to find."""
+    architecture = variant.split("-", 1)[0]
+    case, model = case_of(architecture), _build_any(variant)
+    pattern = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(9))
+    prompt = pattern.repeat(1, 2)
+    new_tokens = 16 if case.context is None else min(16, case.context - prompt.shape[1])
+    # No min_new_tokens here: transformers warns when it passes that on to the assistant's own generate.
+    settings = {"max_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+    plain = model.generate(prompt, **settings)
+    options = DECODINGS[decoding](variant)
+    with printed_warnings() as printed, counting_rollbacks() as taken_back:
+        drafted = model.generate(prompt, **settings, **options)
+    ours = [line for line in printed if not any(upstream in line for upstream in UPSTREAM_WARNINGS)]
+    assert not ours, "warnings were printed:\n" + "\n".join(ours)
+    assert torch.equal(drafted, plain), f"{decoding} decoding changed the tokens greedy decoding picks"
+    if decoding == "assisted":
+        assert any(taken_back), "no draft token was ever rejected: the check did not exercise crop()"
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANT_IDS if v.split("-", 1)[0] != "memory_layers"])
+def test_crop_takes_tokens_back_exactly(variant):
+    """After recording, `crop(-n)` leaves the cache as if the last n tokens were never fed: the next tokens get the
+    logits of a run that never saw them (the replay of accepted tokens included)."""
+    architecture, name = variant.split("-", 1)
+    model = build(architecture, name)
+    ids = torch.randint(3, VOCAB, (1, 14), generator=torch.Generator().manual_seed(4))
+    wrong = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(ids).logits[:, 9:]
+        cache = model(ids[:, :6], use_cache=True).cache
+        cache.activate_past_recording()
+        cache = model(torch.cat([ids[:, 6:8], wrong], dim=1), cache=cache, use_cache=True).cache
+        cache.crop(-4)  # keep ids 6 and 7, forget the wrong ones
+        assert cache.get_seq_length() == 8
+        cache = model(ids[:, 8:9], cache=cache, use_cache=True).cache
+        cache.crop(0)
+        got = model(ids[:, 9:], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANT_IDS)
+def test_output_attentions(variant):
+    """`output_attentions=True` returns one `[batch, heads, new tokens, keys]` tensor per block where the record says
+    the architecture has attention-like weights (the same weights through the cache, the same logits as without),
+    and is refused naming why where it says there are none, never a silent None."""
+    architecture, name = variant.split("-", 1)
+    model = build(architecture, name)
+    ids = torch.randint(3, VOCAB, (2, 10), generator=torch.Generator().manual_seed(2))
+    if record_of(architecture).attentions is None:
+        with pytest.raises(ValueError, match="does not return attentions"):
+            model(ids, output_attentions=True)
+        return
+    with torch.no_grad(), no_warnings_printed():
+        plain = model(ids)
+        full = model(ids, output_attentions=True)
+        cache = model(ids[:, :-1], use_cache=True).cache
+        last = model(ids[:, -1:], cache=cache, use_cache=True, output_attentions=True)
+    torch.testing.assert_close(full.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    assert isinstance(full.attentions, tuple) and len(full.attentions) == model.config.num_hidden_layers
+    for weights, step in zip(full.attentions, last.attentions, strict=True):
+        assert weights.dim() == 4 and weights.shape[0] == 2 and weights.shape[2] == ids.shape[1]
+        assert torch.isfinite(weights).all()
+        torch.testing.assert_close(step[:, :, -1], weights[:, :, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_docs_name_every_causal_lm():
+    """docs/generation.md's `output_attentions` table has a row for every causal LM, refused ones in the refused row."""
+    section = (Path(__file__).parents[1] / "docs" / "generation.md").read_text().split("## `output_attentions`")[1]
+    rows = {line.split("|")[1]: line for line in section.splitlines() if line.startswith("| `")}
+    for architecture in CAUSAL_LMS:
+        row = next((line for names, line in rows.items() if f"`{architecture}`" in names), None)
+        assert row is not None, f"docs/generation.md: no output_attentions row for {architecture}"
+        assert ("refused" in row) == (record_of(architecture).attentions is None), row
 
 
 @pytest.mark.parametrize("architecture", CAUSAL_LMS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,9 @@ from test_integration import AUTOENCODER_BUILDERS
 from memory_zoo import ARCHITECTURES, MemoryMixerConfig
 from memory_zoo.cli import main
 from memory_zoo.evaluation import (
+    evaluate_dataset,
     evaluate_file,
+    load_texts,
     model_context,
     perplexity,
     perplexity_of_ids,
@@ -192,8 +195,9 @@ def test_cli_errors(saved_model, capsys):
         err = capsys.readouterr().err
         if message is None:
             assert code == 0, err
-        else:
-            assert code == 2 and message in err and err.startswith("memory-zoo eval: error:"), (args, err)
+        else:  # the error is the last line (a slow machine may have shown a progress line before it)
+            last = err.strip().splitlines()[-1]
+            assert code == 2 and message in last and last.startswith("memory-zoo eval: error:"), (args, err)
 
 
 def test_cli_autoencoder(saved_model, capsys):
@@ -206,3 +210,115 @@ def test_cli_autoencoder(saved_model, capsys):
     assert "token accuracy" in out and "MixerAutoencoderModel" in out
     written = json.loads((root / "ae.json").read_text())
     assert written["kind"] == "reconstruction" and written["window_length"] == 24
+
+
+# --- several documents, and `datasets` datasets (memory-zoo eval --dataset) ------------------------------------------
+
+DOCUMENTS = [TEXT[:300], "A stitch in time saves nine.", TEXT[100:500], "The", ""]
+
+
+def test_documents_are_scored_apart_and_token_weighted(tokenizer):
+    model = tiny_model(vocab_size=len(tokenizer))
+    assert len(tokenizer(DOCUMENTS[3])["input_ids"]) == 1
+    alone = [perplexity(model, tokenizer, text, stride=8) for text in DOCUMENTS[:3]]
+    together = perplexity(model, tokenizer, DOCUMENTS, stride=8, batch_size=3)
+    tokens = sum(r["tokens"] for r in alone)
+    assert together["tokens"] == tokens and together["windows"] == sum(r["windows"] for r in alone)
+    assert together["documents"] == 4  # the empty text is left out; "The" (one token) is read but predicts nothing
+    assert together["loss_nats"] == pytest.approx(sum(r["loss_nats"] * r["tokens"] for r in alone) / tokens, rel=1e-6)
+    with pytest.raises(ValueError, match="Every text is empty"):
+        perplexity(model, tokenizer, ["", " "])
+
+
+def test_autoencoder_documents_are_reconstructed_apart(tokenizer):
+    model = AUTOENCODER_BUILDERS["mixer_autoencoder"]().eval()
+    texts = [TEXT[:200], TEXT[300:420]]
+    alone = [perplexity(model, tokenizer, text) for text in texts]
+    together = perplexity(model, tokenizer, texts, batch_size=2)
+    tokens = sum(r["tokens"] for r in alone)
+    assert together["tokens"] == tokens and together["windows"] == sum(r["windows"] for r in alone)
+    assert together["loss_nats"] == pytest.approx(sum(r["loss_nats"] * r["tokens"] for r in alone) / tokens, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def datasets_on_disk(saved_model):
+    """The same rows as a save_to_disk folder (two splits), a one-split folder, a JSON-lines file and a CSV file."""
+    import datasets
+
+    root = saved_model / "datasets"
+    rows = {"text": DOCUMENTS[:3], "label": [0, 1, 2]}
+    full = datasets.Dataset.from_dict(rows)
+    datasets.DatasetDict({"train": full.select([0]), "test": full}).save_to_disk(str(root / "splits"))
+    full.save_to_disk(str(root / "one"))
+    full.to_json(str(root / "rows.jsonl"))
+    full.rename_column("text", "body").to_csv(str(root / "rows.csv"), index=False)
+    return root
+
+
+def test_every_kind_of_local_dataset_gives_the_same_texts(datasets_on_disk):
+    root = datasets_on_disk
+    expected = DOCUMENTS[:3]
+    assert load_texts(root / "splits") == (expected, "test")  # several splits: `test` by default
+    assert load_texts(root / "splits", split="train") == (expected[:1], "train")
+    assert load_texts(root / "one") == (expected, None)
+    assert load_texts(root / "rows.jsonl") == (expected, None)
+    assert load_texts(root / "rows.csv", column="body") == (expected, None)
+    assert load_texts(str(root / "rows.jsonl"), split="ignored for one file")[0] == expected
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"dataset": "splits", "split": "validation"}, "no split 'validation'; its splits: train, test"),
+    ({"dataset": "rows.csv"}, "no column 'text'; its columns: body, label"),
+    ({"dataset": "one", "column": "label"}, "holds Value('int64'), not text"),
+    ({"dataset": "missing/"}, "does not exist"),
+    ({"dataset": "rows.unknown"}, "is not a data file"),
+])
+def test_dataset_errors_name_the_fix(datasets_on_disk, arguments, message):
+    (datasets_on_disk / "rows.unknown").write_text("x")
+    arguments = {**arguments, "dataset": datasets_on_disk / arguments["dataset"]}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_texts(**arguments)
+
+
+CONFIGURATIONS = """---
+configs:
+- config_name: short
+  data_files:
+  - {split: test, path: short/test.jsonl}
+- config_name: long
+  data_files:
+  - {split: train, path: long/train.jsonl}
+  - {split: test, path: long/test.jsonl}
+---
+"""
+
+
+def test_a_folder_of_data_files_with_configurations(tmp_path):
+    """A folder `datasets.load_dataset` reads (here with two configurations in its README): --subset picks one."""
+    import datasets
+
+    for name, split, texts in (("short", "test", DOCUMENTS[1:2]), ("long", "train", DOCUMENTS[:1]),
+                               ("long", "test", DOCUMENTS[2:3])):
+        datasets.Dataset.from_dict({"text": texts}).to_json(str(tmp_path / name / f"{split}.jsonl"))
+    (tmp_path / "README.md").write_text(CONFIGURATIONS)
+    assert load_texts(tmp_path, subset="short") == (DOCUMENTS[1:2], "test")
+    assert load_texts(tmp_path, subset="long") == (DOCUMENTS[2:3], "test")
+    assert load_texts(tmp_path, subset="long", split="train") == (DOCUMENTS[:1], "train")
+    with pytest.raises(ValueError, match="several configurations: choose one with --subset"):
+        load_texts(tmp_path)
+
+
+def test_cli_dataset(saved_model, datasets_on_disk, capsys, tokenizer):
+    root, data = saved_model, datasets_on_disk
+    argv = ["eval", str(root / "model"), "--dataset", str(data / "splits"), "--stride", "8", "--json",
+            str(root / "ds.json"), "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"on {data / 'splits'}[test] (column text, 3 documents)" in out
+    written = json.loads((root / "ds.json").read_text())
+    assert (written["dataset"], written["split"], written["column"], written["documents"]) == (
+        str(data / "splits"), "test", "text", 3)
+    expected = evaluate_dataset(root / "model", data / "rows.jsonl", stride=8, device="cpu")
+    assert written["loss_nats"] == pytest.approx(expected["loss_nats"], rel=1e-6)
+    assert main(["eval", str(root / "model"), "--dataset", str(data / "rows.csv"), "--device", "cpu"]) == 2
+    assert "no column 'text'" in capsys.readouterr().err

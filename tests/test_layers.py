@@ -1,9 +1,10 @@
 """The package's shape: imports point down the layers, and every list of architectures comes from the records.
 
-Layers, bottom up: configuration (and the version) <- the records and model cards <- kernels (ops) <- modeling <-
-conversion, metrics, LoRA <- evaluation, retrieval <- hub <- cli <- the package root. A module may import its own
-layer or any layer below, never one above; the records name model classes and converter modules by string and resolve
-them on use, which is late binding, not an import.
+Layers, bottom up: the launcher's standard-library leaves (memory_zoo_cli.arguments, .progress) <- configuration (and
+the version) <- the records and model cards <- kernels (ops) <- modeling <- conversion, metrics, LoRA <- evaluation,
+retrieval <- hub <- cli <- the package root <- the launcher (memory_zoo_cli, the `memory-zoo` console script). A
+module may import its own layer or any layer below, never one above; the records name model classes and converter
+modules by string and resolve them on use, which is late binding, not an import.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import transformers
+from transformers import AutoConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 import memory_zoo
+import memory_zoo_cli
 from memory_zoo.architectures import ARCHITECTURES, BY_MODEL_TYPE
-from memory_zoo.conversion import _SINGLE_FILE_SOURCES, SOURCES
+from memory_zoo.conversion import _SINGLE_FILE_SOURCES, DTYPES, SOURCES
 from memory_zoo.lora import LORA_TARGET_MODULES
+from memory_zoo_cli import arguments
 
 PACKAGE = Path(memory_zoo.__file__).parent
+LAUNCHER = Path(memory_zoo_cli.__file__).parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
 LAYERS = [  # (rank, module prefixes), bottom up
@@ -36,9 +41,16 @@ LAYERS = [  # (rank, module prefixes), bottom up
     (7, ("cli",)),
     (8, ("",)),  # the package root
 ]
+# The `memory-zoo` console script lives beside the package so that `--help` imports neither torch nor transformers:
+# its parser and progress line use the standard library alone (below everything, memory_zoo.cli takes them), and its
+# entry point imports memory_zoo.cli only to run a command (above everything).
+LAUNCHER_LAYERS = {"memory_zoo_cli.arguments": -1, "memory_zoo_cli.progress": -1, "memory_zoo_cli": 9}
 
 
 def rank(module: str) -> int:
+    if module == "memory_zoo_cli" or module.startswith("memory_zoo_cli."):
+        assert module in LAUNCHER_LAYERS, f"{module} belongs to no layer: add it to LAUNCHER_LAYERS"
+        return LAUNCHER_LAYERS[module]
     name = module.removeprefix("memory_zoo").removeprefix(".")
     for value, prefixes in LAYERS:
         if any(prefix and (name == prefix or name.startswith(prefix + ".")) for prefix in prefixes):
@@ -49,14 +61,15 @@ def rank(module: str) -> int:
 
 def package_modules() -> dict[str, Path]:
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE)
-        if relative.parts[0] == "hub_kernels" and len(relative.parts) > 2:
-            continue  # the kernels' own build trees are separate packages (loaded by `kernels`)
-        parts = ["memory_zoo", *relative.with_suffix("").parts]
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
+    for root, name in ((PACKAGE, "memory_zoo"), (LAUNCHER, "memory_zoo_cli")):
+        for path in root.rglob("*.py"):
+            relative = path.relative_to(root)
+            if relative.parts[0] == "hub_kernels" and len(relative.parts) > 2:
+                continue  # the kernels' own build trees are separate packages (loaded by `kernels`)
+            parts = [name, *relative.with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
     return found
 
 
@@ -102,6 +115,24 @@ def test_models_and_configs_never_reach_publishing_conversion_or_the_root():
             assert not bad, f"{module} imports {sorted(bad)}"
 
 
+def module_level_imports(path: Path) -> set[str]:
+    """The top-level names of what a module imports when it is imported (not inside functions)."""
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom):
+            found.add("." if node.level else node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+    return found
+
+
+def test_the_launcher_imports_the_standard_library_alone_until_a_command_runs():
+    for module, path in MODULES.items():
+        if module.startswith("memory_zoo_cli"):
+            outside = module_level_imports(path) - set(sys.stdlib_module_names) - {"__future__", "."}
+            assert not outside, f"{module} imports {sorted(outside)} on import: `memory-zoo --help` would wait for it"
+
+
 def test_import_builds_the_registry_from_the_records_alone():
     code = ("import memory_zoo, json; from transformers.models.auto.configuration_auto import CONFIG_MAPPING; "
             "print(json.dumps(sorted(k for k in CONFIG_MAPPING._extra_content)))")
@@ -111,9 +142,11 @@ def test_import_builds_the_registry_from_the_records_alone():
         assert CONFIG_MAPPING[record.model_type] is record.config_class
         config = record.config_class()
         assert type(AutoConfig.for_model(record.model_type)) is record.config_class
-        for auto, name in record.auto_classes.items():
-            mapping = {"AutoModel": AutoModel, "AutoModelForCausalLM": AutoModelForCausalLM}[auto]._model_mapping
+        for auto, name in record.auto_classes.items():  # each role names the transformers Auto class itself
+            mapping = getattr(transformers, auto)._model_mapping
             assert mapping[type(config)].__name__ == name
+        if record.role == "causal_lm":  # every causal LM also classifies sequences (tests/test_sequence_classification.py)
+            assert record.sequence_classification_class_name is not None, record.model_type
 
 
 def test_every_list_of_architectures_is_derived_from_the_records():
@@ -122,6 +155,8 @@ def test_every_list_of_architectures_is_derived_from_the_records():
     assert set(SOURCES) == {source for record in ARCHITECTURES for source in record.sources}
     assert _SINGLE_FILE_SOURCES == {s for r in ARCHITECTURES if not r.checkpoint_is_folder for s in r.sources}
     assert LORA_TARGET_MODULES == {record.model_type: list(record.lora_targets) for record in ARCHITECTURES}
+    # The launcher's parser writes these out (it answers --help without importing the records): the same lists.
+    assert list(arguments.SOURCES) == sorted(SOURCES) and list(arguments.DTYPES) == sorted(DTYPES)
 
 
 @pytest.mark.parametrize("record", ARCHITECTURES, ids=lambda r: r.model_type)

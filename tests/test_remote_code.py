@@ -195,11 +195,12 @@ def test_save_writes_auto_map_and_flat_code(tmp_path):
         "AutoConfig": "configuration_masked_mixer.MaskedMixerConfig",
         "AutoModel": "modeling_masked_mixer.MaskedMixerModel",
         "AutoModelForCausalLM": "modeling_masked_mixer.MaskedMixerForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_masked_mixer.MaskedMixerForSequenceClassification",
     }
     assert sorted(p.name for p in tmp_path.glob("*.py")) == [
-        "configuration_masked_mixer.py", "masked_mixing.py", "modeling_masked_mixer.py", "zoo_common.py", "zoo_compat.py",
-        "zoo_config.py", "zoo_embedding.py", "zoo_forward.py", "zoo_inputs.py", "zoo_kernels.py", "zoo_loading.py", "zoo_remote_code.py",
-        "zoo_versions.py"]
+        "configuration_masked_mixer.py", "masked_mixing.py", "modeling_masked_mixer.py", "zoo_attention.py",
+        "zoo_classification.py", "zoo_common.py", "zoo_compat.py", "zoo_config.py", "zoo_embedding.py", "zoo_forward.py", "zoo_inputs.py",
+        "zoo_kernels.py", "zoo_loading.py", "zoo_remote_code.py", "zoo_rollback.py", "zoo_versions.py"]
     # a saved masked mixer is also a sentence-transformers model (see tests/test_masked_mixer_embeddings.py)
     assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {
         p.name for p in tmp_path.iterdir()}

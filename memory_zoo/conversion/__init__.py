@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -87,6 +88,7 @@ def convert(
     tolerance: float = 1e-5,
     overwrite: bool = False,
     allow_non_finite: bool = False,
+    progress: Callable[[str], None] | None = None,
 ):
     """Convert the research checkpoint at ``checkpoint`` and save it (weights, config, remote code) to ``output_dir``.
 
@@ -100,8 +102,10 @@ def convert(
     moved into place at the end, so a failed or interrupted conversion leaves ``output_dir`` as it was.
 
     Weights holding NaN or infinite values are refused (a checkpoint saved after training diverged) unless
-    ``allow_non_finite``, which converts them with a warning.
+    ``allow_non_finite``, which converts them with a warning. ``progress`` is called with each step as it begins (the
+    command line shows it on its progress line).
     """
+    step = progress or (lambda text: None)
     if source not in SOURCES:
         raise ConversionError(f"Unknown SOURCE {source!r}; choose one of: {', '.join(sorted(SOURCES))}.")
     if dtype not in DTYPES:
@@ -114,6 +118,7 @@ def convert(
     weights_file = find_checkpoint_file(checkpoint) if source in _SINGLE_FILE_SOURCES else Path(checkpoint)
     if not weights_file.exists():
         raise ConversionError(f"Checkpoint {weights_file} does not exist.")
+    step(f"reading the checkpoint {weights_file}")
     try:
         model_config, state_dict, notes = convert_checkpoint(weights_file, source, research_config)
     except RuntimeError as error:  # torch refusing a reshape, cat or copy of a tensor the mapping did not expect
@@ -137,6 +142,7 @@ def convert(
 
     if not isinstance(model_class, type):
         model_class = model_class(model_config)
+    step(f"loading the weights into {model_class.__name__}")
     model = model_class(model_config)
     _check_tensors(state_dict, model.state_dict(), weights_file, allow_non_finite)
     result = model.load_state_dict(state_dict, strict=False)
@@ -146,6 +152,8 @@ def convert(
         raise ConversionError(f"Internal mapping error: missing {missing}, unexpected {result.unexpected_keys}.")
     if tied:
         model.tie_weights()
+    if reference is not None:
+        step(f"comparing the outputs with {reference}")
     parity = check_reference(model.eval(), reference, tolerance) if reference is not None else None
     model = model.to(DTYPES[dtype]).eval()
     if getattr(model_config, "memory_value_dtype", None):  # value tables were cast with the rest
@@ -164,6 +172,7 @@ def convert(
     }
     if parity is not None:
         info["parity"] = parity
+    step(f"saving to {output_dir}")
     with staged_folder(output_dir) as staging:
         model.save_pretrained(staging)
         if tok is not None:

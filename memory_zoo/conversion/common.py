@@ -217,9 +217,12 @@ def read_distributed_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-def load_tokenizer(location: str | os.PathLike, model_dir: str | os.PathLike | None = None):
+def load_tokenizer(location: str | os.PathLike, model_dir: str | os.PathLike | None = None,
+                   trust_remote_code: bool = False):
     """The tokenizer saved at `location` (a folder, or a Hub repository id), refused in words a user can act on:
-    a folder without tokenizer files (converted research checkpoints carry none), a path that does not exist."""
+    a folder without tokenizer files (converted research checkpoints carry none), a path that does not exist.
+    `trust_remote_code` is passed on: AutoTokenizer reads the model's config first, and for an architecture that is
+    not registered it would otherwise stop to ask whether to run the folder's code."""
     from transformers import AutoTokenizer
 
     path = Path(location)
@@ -233,7 +236,7 @@ def load_tokenizer(location: str | os.PathLike, model_dir: str | os.PathLike | N
         raise ValueError(f"The tokenizer folder {path} does not exist: check the path"
                          + (f", or leave --tokenizer out to use the one saved in {model_dir}." if model_dir else "."))
     try:
-        return AutoTokenizer.from_pretrained(str(location))
+        return AutoTokenizer.from_pretrained(str(location), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         if path.is_dir():
             raise

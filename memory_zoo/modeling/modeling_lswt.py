@@ -31,9 +31,11 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_lswt import LSWTConfig
 from ..ops.zoo_kernels import dispatch
+from .zoo_attention import attention_with_weights, recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, answers_to_every_cache_name
 from .zoo_forward import embed_inputs, kept_positions, resolve_cache
+from .zoo_rollback import RollbackMixin
 
 logger = logging.get_logger(__name__)
 
@@ -49,7 +51,7 @@ class LSWTCacheLayer(DynamicLayer):
             self.values = self.values[..., -max_positions:, :]
 
 
-class LSWTCache(DynamicCache):
+class LSWTCache(RollbackMixin, DynamicCache):
     """Transformer-XL memory of an [`LSWTForCausalLM`]: one [`LSWTCacheLayer`] per block.
 
     It can be carried from segment to segment (`detach()` it between optimizer steps, as the research training
@@ -167,7 +169,9 @@ class LSWTAttention(nn.Module):
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, hidden_states: torch.Tensor, rotary: LSWTRotary, mask: LSWTAttentionMask,
-                cache: LSWTCache | None) -> torch.Tensor:
+                cache: LSWTCache | None, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's attention output and, with `output_attentions`, its weights `[B, heads, new, registers +
+        memory + new]` (registers first, then the cached positions oldest first, then the call's tokens)."""
         batch, length, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states))
         if cache is not None and cache.holds_states:  # recompute_kv: the memory holds attention inputs
@@ -184,8 +188,13 @@ class LSWTAttention(nn.Module):
         if self.registers_k is not None:  # unrotated, uncached, seen by every query
             key = torch.cat([(self.registers_k * rotary.scale).to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
             value = torch.cat([(self.registers_v * rotary.scale).to(value.dtype).expand(batch, -1, -1, -1), value], 2)
-        out = self._attend(query, key, value, mask)
-        return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)))
+        weights = None
+        if output_attentions:
+            out, weights = attention_with_weights(query, key, value, attn_mask=mask.mask, is_causal=mask.mask is None,
+                                                  dropout_p=self.config.dropout_att_mat if self.training else 0.0)
+        else:
+            out = self._attend(query, key, value, mask)
+        return self.dropout(self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))), weights
 
     def _attend(self, query, key, value, mask: LSWTAttentionMask):
         dropout = self.config.dropout_att_mat if self.training else 0.0
@@ -233,9 +242,9 @@ class LSWTDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = LSWTMLP(config)
 
-    def forward(self, hidden_states, rotary, mask, cache=None):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), rotary, mask,
-                                                       cache)
+    def forward(self, hidden_states, rotary, mask, cache=None, output_attentions: bool = False) -> torch.Tensor:
+        attended, _ = self.self_attn(self.input_layernorm(hidden_states), rotary, mask, cache, output_attentions)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -266,9 +275,16 @@ class LSWTPreTrainedModel(ZooPreTrainedModel):
             init.normal_(module.registers_k, mean=0.0, std=module.head_dim**-0.5)
             init.normal_(module.registers_v, mean=0.0, std=module.head_dim**-0.5)
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model creates its LSWTCache itself
+    _cache_class = LSWTCache
+
+    def decodes_token_by_token(self, cache: LSWTCache, length: int) -> bool:
+        """Whether `length` new tokens in one call compute otherwise than in `length` calls of one token (assisted
+        decoding then verifies its draft one token per call, see `zoo_rollback`): a later token of the call would
+        still see memory that one-token calls trim away, or dynamic RoPE would rescale for the call's length."""
+        past, limit = cache.get_seq_length(), self.config.max_key_values
+        trimmed = bool(limit) and past + length - 1 > limit
+        rescaled = self.config.rope_dynamic and past + length > (self.config.max_position_embeddings or 0)
+        return trimmed or rescaled
 
 
 class LSWTModel(LSWTPreTrainedModel):
@@ -297,6 +313,7 @@ class LSWTModel(LSWTPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         max_key_values: int | None = None,
         **kwargs,
     ) -> ZooModelOutput:
@@ -306,7 +323,8 @@ class LSWTModel(LSWTPreTrainedModel):
         max_key_values: positions of memory to keep after this call (default `config.max_key_values`; 0 or None
             keeps everything).
         Hidden states (with `output_hidden_states`) are the research list: the normed input, every block's output
-        and the final normed state (`num_hidden_layers + 2` tensors).
+        and the final normed state (`num_hidden_layers + 2` tensors). Attentions (with `output_attentions`) are one
+        `[batch, heads, new tokens, registers + cached + new tokens]` tensor per block (see `LSWTAttention`).
         """
         embeddings = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         hidden_states = self.input_norm(self.input_proj(embeddings.to(self.input_proj.weight.dtype)))
@@ -340,18 +358,21 @@ class LSWTModel(LSWTPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, mask, cache)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+        with recorded_weights([layer.self_attn for layer in self.layers], output_attentions) as attentions:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, rotary, mask, cache, output_attentions)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+        all_attentions = tuple(attentions) if output_attentions else None
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.trim(max_key_values if max_key_values is not None else self.config.max_key_values)
         return ZooModelOutput(
-            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states, attentions=all_attentions
         )
 
 
@@ -381,6 +402,7 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         max_key_values: int | None = None,
         **kwargs,
@@ -392,7 +414,7 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_hidden_states=output_hidden_states,
-            max_key_values=max_key_values,
+            output_attentions=output_attentions, max_key_values=max_key_values,
         )
         projected = self.head_proj(kept_positions(outputs.last_hidden_state, logits_to_keep))
         logits = F.linear(projected, self.model.embed_tokens.weight.to(projected.dtype))
@@ -400,7 +422,8 @@ class LSWTForCausalLM(LSWTPreTrainedModel, GenerationMixin):
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return ZooCausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -668,3 +691,32 @@ def warm_start_embeddings(model: LSWTPreTrainedModel, parent: str, **from_pretra
 
 __all__ = ["LSWTCache", "LSWTCacheLayer", "LSWTForCausalLM", "LSWTForPreferenceHeads", "LSWTModel",
            "LSWTPreTrainedModel", "LSWTPreferenceOutput", "warm_start_embeddings"]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooForSequenceClassification  # noqa: E402
+
+
+class LSWTForSequenceClassification(ZooForSequenceClassification, LSWTPreTrainedModel):
+    """LSWT with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    A bias-free `score` head reads the output LayerNorm's states (model width); each row is classified at its last
+    token that is not `config.pad_token_id`, with transformers' loss for `config.problem_type` (see
+    `zoo_classification`). Padding is never attended to: right padding is exact, left padding too where the model is
+    shift-invariant (no registers, no dynamic RoPE). A causal-LM, preference-head or bare checkpoint loads into it
+    (`from_pretrained(folder, num_labels=N)`): the transformer is kept, `head_proj` and the pooler are left behind,
+    `score` starts random. Only the current call's tokens are classified; with `use_cache=True` the XL memory of
+    earlier segments is read and returned.
+    """
+
+    def __init__(self, config: LSWTConfig):
+        super().__init__(config)
+        self.model = LSWTModel(config)
+        self._add_score(config.hidden_size)
+        self.post_init()
+
+
+# Every saved LSWT names its classifier in auto_map, so that a causal-LM folder or Hub repository fine-tunes into a
+# classifier with trust_remote_code=True where memory-zoo is not installed.
+LSWTPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = "LSWTForSequenceClassification"
+__all__.append("LSWTForSequenceClassification")

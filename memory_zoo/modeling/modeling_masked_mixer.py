@@ -30,6 +30,7 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
 from ..ops.masked_mixing import masked_mixing
+from .zoo_attention import recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_embedding import EmbeddingMixin
@@ -154,6 +155,23 @@ class MaskedMixerPositionMixing(nn.Module):
         return out
 
 
+    def mixing_weights(self, positions: MixingPositions, key_length: int, batch: int) -> torch.Tensor:
+        """The matrix `forward` applies to the call: `[B, H, Tq, Tk]` (`[B, H * K, Tq, Tk]` with `K` feature-axis taps,
+        tap-major within each head), zero where a query may not read a key (later positions, padding)."""
+        weight = self.effective_weight()
+        taps = self.kernel_size > 1
+        if positions.query_positions is None:
+            start = positions.past_length
+            rows = torch.tril(weight[..., start:key_length, :key_length], diagonal=start)
+            rows = rows[None].expand(batch, *rows.shape)
+        else:
+            query, key = positions.query_positions, positions.key_positions
+            rows = weight[..., query[:, :, None], key[:, None, :]].movedim(-3, 0)
+            visible = (key[:, None, :] <= query[:, :, None]) & positions.key_valid[:, None, :]
+            rows = rows * (visible[:, None, None] if taps else visible[:, None]).to(rows.dtype)
+        return rows.flatten(1, 2) if taps else rows
+
+
 class MaskedMixerTokenMixer(nn.Module):
     """The token-mixing branch of a block (the part that replaces attention)."""
 
@@ -175,14 +193,22 @@ class MaskedMixerTokenMixer(nn.Module):
         self.out_proj = nn.Linear(width, config.hidden_size) if config.mixing_out_proj else None
 
     def forward(
-        self, hidden_states: torch.Tensor, positions: MixingPositions, cache_layer: MaskedMixerCacheLayer | None = None
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, positions: MixingPositions, cache_layer: MaskedMixerCacheLayer | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mixed tokens and, with `output_attentions`, the mixing matrices applied (see
+        `MaskedMixerPositionMixing.mixing_weights`; with the expanded mixing, the output mixing's heads follow)."""
         batch, length, _ = hidden_states.shape
         inputs = self.in_proj(hidden_states) if self.in_proj is not None else hidden_states
         inputs = inputs.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         has_past = cache_layer is not None and cache_layer.get_seq_length() > 0
         all_inputs = torch.cat([cache_layer.mixing_inputs, inputs], dim=-2) if has_past else inputs
         mixed = self.mix(all_inputs, positions)
+        weights = None
+        if output_attentions:
+            weights = self.mix.mixing_weights(positions, all_inputs.shape[-2], batch)
+            if self.mix_out is not None:
+                weights = torch.cat([weights, self.mix_out.mixing_weights(positions, all_inputs.shape[-2], batch)], 1)
         hidden = mixed[..., :0]
         if self.mix_out is not None:
             hidden = self.act(mixed)
@@ -191,7 +217,7 @@ class MaskedMixerTokenMixer(nn.Module):
         if cache_layer is not None:
             cache_layer.update(inputs, hidden)
         mixed = mixed.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.out_proj(mixed) if self.out_proj is not None else mixed
+        return (self.out_proj(mixed) if self.out_proj is not None else mixed), weights
 
 
 class MaskedMixerMLP(nn.Module):
@@ -219,10 +245,12 @@ class MaskedMixerBlock(GradientCheckpointingLayer):
         self.mlp = MaskedMixerMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, positions: MixingPositions, cache: MaskedMixerCache | None = None
+        self, hidden_states: torch.Tensor, positions: MixingPositions, cache: MaskedMixerCache | None = None,
+        output_attentions: bool = False,
     ) -> torch.Tensor:
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
-        hidden_states = hidden_states + self.token_mixer(self.token_norm(hidden_states), positions, cache_layer)
+        mixed, _ = self.token_mixer(self.token_norm(hidden_states), positions, cache_layer, output_attentions)
+        hidden_states = hidden_states + mixed
         return hidden_states + self.mlp(self.channel_norm(hidden_states))
 
 
@@ -245,10 +273,7 @@ class MaskedMixerPreTrainedModel(ZooPreTrainedModel):
             if module.bias is not None:
                 init.uniform_(module.bias, -bound, bound)
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # `generate` must not pre-build a plain DynamicCache: the model creates its MaskedMixerCache itself.
-        return False
+    _cache_class = MaskedMixerCache
 
 
 def _context_error(length: int, needed: int) -> ValueError:
@@ -322,8 +347,14 @@ class MaskedMixerModel(EmbeddingMixin, MaskedMixerPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> ZooModelOutput:
+        r"""
+        output_attentions: also return every block's mixing matrices, the masked mixer's counterpart of attention
+            weights: `[batch, mixing heads, new tokens, cached + new tokens]`, the (input-independent) learned weight
+            of each position pair, zero where a position may not read another (see `MaskedMixerTokenMixer`).
+        """
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         cache = resolve_cache(self, cache, use_cache, MaskedMixerCache, "the mixer's state")
         output_hidden_states = (
@@ -332,13 +363,16 @@ class MaskedMixerModel(EmbeddingMixin, MaskedMixerPreTrainedModel):
 
         positions = self._positions(attention_mask, cache, inputs_embeds.shape[1])
         hidden_states = inputs_embeds
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, positions, cache=cache)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+        with recorded_weights([layer.token_mixer for layer in self.layers], output_attentions) as attentions:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, positions, cache=cache, output_attentions=output_attentions)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+        all_attentions = tuple(attentions) if output_attentions else None
         return ZooModelOutput(
-            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states, attentions=all_attentions
         )
 
 
@@ -363,6 +397,7 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ZooCausalLMOutput:
@@ -379,6 +414,7 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(kept_positions(hidden_states, logits_to_keep))
@@ -386,7 +422,8 @@ class MaskedMixerForCausalLM(EmbeddingMixin, MaskedMixerPreTrainedModel, Generat
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return ZooCausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -397,3 +434,31 @@ __all__ = [
     "MaskedMixerModel",
     "MaskedMixerPreTrainedModel",
 ]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooForSequenceClassification  # noqa: E402
+
+
+class MaskedMixerForSequenceClassification(ZooForSequenceClassification, MaskedMixerPreTrainedModel):
+    """Masked Mixer with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    A bias-free `score` head reads the last block's hidden states; each row is classified at its last token that is
+    not `config.pad_token_id`, with transformers' loss for `config.problem_type` (see `zoo_classification`). Right-
+    and left-padded batches (with their `attention_mask`) give every row what it gives alone. A causal-LM or bare
+    checkpoint loads into it (`from_pretrained(folder, num_labels=N)`): the mixer is kept, `score` starts random.
+    """
+
+    def __init__(self, config: MaskedMixerConfig):
+        super().__init__(config)
+        self.model = MaskedMixerModel(config)
+        self._add_score(config.hidden_size)
+        self.post_init()
+
+
+# Every saved Masked Mixer names its classifier in auto_map, so that a causal-LM folder or Hub repository fine-tunes
+# into a classifier with trust_remote_code=True where memory-zoo is not installed.
+MaskedMixerPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "MaskedMixerForSequenceClassification"
+)
+__all__.append("MaskedMixerForSequenceClassification")

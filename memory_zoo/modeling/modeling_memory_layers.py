@@ -29,6 +29,7 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_layers import MemoryLayersConfig
 from ..ops.embedding_bag import embedding_bag_sum
+from .zoo_attention import attention_with_weights, recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
 from .zoo_forward import embed_inputs, kept_positions
@@ -61,7 +62,9 @@ class MemoryLayersAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout, cache: Cache | None):
+    def forward(self, hidden_states: torch.Tensor, layout: AttentionLayout, cache: Cache | None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention output and, with `output_attentions`, the weights `[B, heads, new, cached + new]`."""
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
         key = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim)
@@ -71,11 +74,13 @@ class MemoryLayersAttention(nn.Module):
         value = value.transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        out = F.scaled_dot_product_attention(
+        attend = attention_with_weights if output_attentions else F.scaled_dot_product_attention
+        out = attend(
             query, key, value, attn_mask=layout.mask, is_causal=layout.is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_kv_heads != self.num_heads,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        out, weights = out if output_attentions else (out, None)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), weights
 
 
 class MemoryLayersMLP(nn.Module):
@@ -182,9 +187,10 @@ class MemoryLayersDecoderLayer(GradientCheckpointingLayer):
 
     def forward(
         self, hidden_states: torch.Tensor, layout: AttentionLayout, cache: Cache | None = None,
-        shared_values: MemoryLayersValueTable | None = None,
+        shared_values: MemoryLayersValueTable | None = None, output_attentions: bool = False,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), layout, cache)
+        attended, _ = self.self_attn(self.input_layernorm(hidden_states), layout, cache, output_attentions)
+        hidden_states = hidden_states + attended
         normed = self.post_attention_layernorm(hidden_states)
         update = self.mlp(normed, shared_values) if self.is_memory_layer else self.mlp(normed)
         return hidden_states + update
@@ -291,8 +297,13 @@ class MemoryLayersModel(MemoryLayersPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> ZooModelOutput:
+        r"""
+        output_attentions: also return every block's attention weights `[batch, heads, new tokens, cached + new
+            tokens]` (computed explicitly for that call; SDPA never returns them).
+        """
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
@@ -310,16 +321,19 @@ class MemoryLayersModel(MemoryLayersPreTrainedModel):
         past_length = cache.get_seq_length() if cache is not None else 0
         layout = _layout(self.config, attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device)
         hidden_states = inputs_embeds
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, layout, cache, self.memory_values)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+        with recorded_weights([layer.self_attn for layer in self.layers], output_attentions) as attentions:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, layout, cache, self.memory_values, output_attentions)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+        all_attentions = tuple(attentions) if output_attentions else None
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return ZooModelOutput(
-            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states, attentions=all_attentions
         )
 
 
@@ -345,6 +359,7 @@ class MemoryLayersForCausalLM(MemoryLayersPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ZooCausalLMOutput:
@@ -361,13 +376,15 @@ class MemoryLayersForCausalLM(MemoryLayersPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         logits = self.lm_head(kept_positions(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return ZooCausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -414,3 +431,32 @@ __all__ = [
     "MemoryLayersValueTable",
     "memory_layers_param_groups",
 ]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooForSequenceClassification  # noqa: E402
+
+
+class MemoryLayersForSequenceClassification(ZooForSequenceClassification, MemoryLayersPreTrainedModel):
+    """Memory Layers decoder with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    A bias-free `score` head reads the final RMSNorm's output; each row is classified at its last token that is not
+    `config.pad_token_id`, with transformers' loss for `config.problem_type` (see `zoo_classification`). Right- and
+    left-padded batches (with their `attention_mask`) give every row what it gives alone. A causal-LM or bare
+    checkpoint loads into it (`from_pretrained(folder, num_labels=N)`): the decoder and its memories are kept, `score`
+    starts random. `memory_layers_param_groups` gives its value tables their own learning rate as for the causal LM.
+    """
+
+    def __init__(self, config: MemoryLayersConfig):
+        super().__init__(config)
+        self.model = MemoryLayersModel(config)
+        self._add_score(config.hidden_size)
+        self.post_init()
+
+
+# Every saved Memory Layers model names its classifier in auto_map, so that a causal-LM folder or Hub repository
+# fine-tunes into a classifier with trust_remote_code=True where memory-zoo is not installed.
+MemoryLayersPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "MemoryLayersForSequenceClassification"
+)
+__all__.append("MemoryLayersForSequenceClassification")

@@ -27,8 +27,9 @@ from transformers.utils import can_return_tuple
 from ..configuration.configuration_memory_mixer import MemoryMixerConfig, VariableMemoryMixerConfig
 from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMixerPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, cache_argument
-from .zoo_compression import chunked_causal_loss, memory_slots, require_input_ids
+from .zoo_compression import chunked_causal_loss, memory_slots, refuse_chunkwise_outputs, require_input_ids
 from .zoo_forward import kept_positions, resolve_cache
+from .zoo_rollback import RollbackMixin
 
 
 class ChunkMemoryLayer(DynamicLayer):
@@ -73,12 +74,13 @@ class ChunkMemoryLayer(DynamicLayer):
         self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
 
-class MemoryMixerCache(DynamicCache):
+class MemoryMixerCache(RollbackMixin, DynamicCache):
     """Cache of the memory mixers ([`VariableMemoryMixerForCausalLM`], [`MemoryMixerForCausalLM`]).
 
     Holds the decoder's [`MaskedMixerCache`] for the current chunk (its layers come first in `layers`) and a
     [`ChunkMemoryLayer`] with the memories of the finished chunks. `get_seq_length()` is the number of tokens read
-    so far. The state is recurrent over chunks, so it cannot be cropped (assisted decoding is not supported).
+    so far. Memories of finished chunks cannot be un-read: assisted decoding takes tokens back by snapshot and replay
+    ([`RollbackMixin`]).
     """
 
     def __init__(self, config: VariableMemoryMixerConfig | MemoryMixerConfig):
@@ -100,11 +102,8 @@ class MemoryMixerCache(DynamicCache):
         self.memory.keys = self.memory.values = None
         self.tokens_seen = 0
 
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            "A MemoryMixerCache cannot be cropped: memories of finished chunks cannot be un-read. Assisted "
-            "decoding is not supported; generate without an assistant model."
-        )
+    def _snapshot_parts(self) -> list:
+        return [self, *self.layers, self.decoder]
 
 
 def walk_chunks(
@@ -141,6 +140,7 @@ class VariableMemoryMixerPreTrainedModel(MaskedMixerPreTrainedModel):
     _no_split_modules = ["MaskedMixerBlock"]
     _auto_map_classes = {"AutoModel": "VariableMemoryMixerForCausalLM",
                          "AutoModelForCausalLM": "VariableMemoryMixerForCausalLM"}
+    _cache_class = MemoryMixerCache
 
 
 def _right_padded_only(attention_mask: torch.Tensor | None, total: int) -> None:
@@ -278,6 +278,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
+        refuse_chunkwise_outputs(self, kwargs, ("output_attentions", "output_hidden_states"))
         cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
@@ -303,6 +304,7 @@ class MemoryMixerPreTrainedModel(MaskedMixerPreTrainedModel):
     base_model_prefix = "memory_mixer"
     _no_split_modules = ["MaskedMixerBlock"]
     _auto_map_classes = {"AutoModel": "MemoryMixerForCausalLM", "AutoModelForCausalLM": "MemoryMixerForCausalLM"}
+    _cache_class = MemoryMixerCache
 
 
 class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
@@ -420,6 +422,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
+        refuse_chunkwise_outputs(self, kwargs, ("output_attentions", "output_hidden_states"))
         config = self.config
         if config.memory_source == "window":
             if input_ids.shape[1] > config.chunk_length:
@@ -459,3 +462,42 @@ __all__ = [
     "VariableMemoryMixerForCausalLM",
     "VariableMemoryMixerPreTrainedModel",
 ]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooCausalLMForSequenceClassification  # noqa: E402
+
+
+class VariableMemoryMixerForSequenceClassification(ZooCausalLMForSequenceClassification, VariableMemoryMixerForCausalLM):
+    """Variable-memory mixer with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    The causal LM without its `lm_head`: a bias-free `score` head reads the decoder's final hidden states (each chunk
+    decoded from the memories of the chunks before it), and each row is classified at its last token that is not
+    `config.pad_token_id`, with transformers' loss for `config.problem_type` (see `zoo_classification`). Chunks sit at
+    fixed positions, so batches must be right-padded (`tokenizer.padding_side = "right"`; a left-padded
+    `attention_mask` is refused) and rows hold at most `num_chunks * chunk_length` tokens. A causal-LM checkpoint
+    loads into it (`from_pretrained(folder, num_labels=N)`): encoder and decoder are kept, `score` starts random.
+    """
+
+
+class MemoryMixerForSequenceClassification(ZooCausalLMForSequenceClassification, MemoryMixerForCausalLM):
+    """Memory mixer with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    The causal LM without its `lm_head`: a bias-free `score` head reads the decoder's final hidden states (conditioned
+    on the memory of the window, or of the previous chunk: `memory_source`), and each row is classified at its last
+    token that is not `config.pad_token_id`, with transformers' loss for `config.problem_type` (see
+    `zoo_classification`). Batches must be right-padded (`tokenizer.padding_side = "right"`; a left-padded
+    `attention_mask` is refused). A causal-LM checkpoint loads into it (`from_pretrained(folder, num_labels=N)`):
+    encoder and decoder are kept, `score` starts random.
+    """
+
+
+# Every saved memory mixer names its classifier in auto_map, so that a causal-LM folder or Hub repository fine-tunes
+# into a classifier with trust_remote_code=True where memory-zoo is not installed.
+VariableMemoryMixerPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "VariableMemoryMixerForSequenceClassification"
+)
+MemoryMixerPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "MemoryMixerForSequenceClassification"
+)
+__all__ += ["MemoryMixerForSequenceClassification", "VariableMemoryMixerForSequenceClassification"]

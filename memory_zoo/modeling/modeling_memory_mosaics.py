@@ -30,9 +30,11 @@ from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_memory_mosaics import MemoryMosaicsConfig
 from ..ops.leaky_average import leaky_average
+from .zoo_attention import attention_with_weights, recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput, cache_argument
 from .zoo_forward import embed_inputs, kept_positions, resolve_cache
+from .zoo_rollback import RollbackMixin
 
 logger = logging.get_logger(__name__)
 
@@ -49,11 +51,9 @@ class MemoryMosaicsCacheLayer(DynamicLayer):
     `value_shift` tokens of look-ahead, so there are `value_shift` fewer), both `[batch, heads, seq, head_dim]`.
     `states` holds the recurrent parts, batch first: the float32 leaky sums of both memories (`*_leaky`,
     `[batch, heads, head_dim]`) and the last few block inputs the feature extractors still need (`*_inputs`,
-    `[batch, n, hidden]`). The leaky sums cannot be rolled back, so the layer cannot be cropped (assisted decoding
-    is refused cleanly).
+    `[batch, n, hidden]`). The leaky sums cannot be cut token by token: the cache takes tokens back by snapshot and
+    replay ([`RollbackMixin`]).
     """
-
-    is_croppable = False
 
     def __init__(self):
         super().__init__()
@@ -62,13 +62,6 @@ class MemoryMosaicsCacheLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.states = {}
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise ValueError(
-                "A MemoryMosaicsCache cannot be cropped: its leaky averages are recurrent sums that cannot be rolled "
-                "back. Assisted/speculative decoding is not supported; re-run the prefix instead."
-            )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -83,7 +76,7 @@ class MemoryMosaicsCacheLayer(DynamicLayer):
         self.states = {k: v[indices, ...] for k, v in self.states.items()}
 
 
-class MemoryMosaicsCache(DynamicCache):
+class MemoryMosaicsCache(RollbackMixin, DynamicCache):
     """Cache of a [`MemoryMosaicsForCausalLM`]: one [`MemoryMosaicsCacheLayer`] per block.
 
     Per sequence it holds, per block, `2 * seq * hidden_size` numbers (keys and values of the in-context memory, as a
@@ -256,8 +249,10 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, step: MosaicsStep, cache_layer: MemoryMosaicsCacheLayer | None = None
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, step: MosaicsStep, cache_layer: MemoryMosaicsCacheLayer | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The memory's projected read-out and, with `output_attentions`, its read weights (see `read`)."""
         batch, length, _ = hidden_states.shape
         past, shift = step.past_length, self.shift
         states = cache_layer.states if cache_layer is not None and past > 0 else {}
@@ -287,25 +282,38 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
             cache_layer.update(keys, values)
             self.remember_inputs(hidden_states, states, past, max(context, self.key_features.context), new_states)
             cache_layer.states.update(new_states)
-        return self.project(self.read(keys, all_keys, all_values, step))
+        read_out, weights = self.read(keys, all_keys, all_values, step, output_attentions)
+        return self.project(read_out), weights
 
-    def read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: MosaicsStep) -> torch.Tensor:
-        """Kernel regression of the new queries `[B, H, T, d]` over the readable `values` (`[B, H, Nv, d]`)."""
+    def read(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: MosaicsStep,
+             output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Kernel regression of the new queries `[B, H, T, d]` over the readable `values` (`[B, H, Nv, d]`).
+
+        With `output_attentions` also the read weights `[B, H, T, Nv]`: entry `(t, u)` is how much token `t` reads the
+        value of position `u` (cached positions first; rows that can read nothing yet are zero).
+        """
         batch, heads, length, dim = queries.shape
         shift, readable = self.shift, values.shape[-2]
         dropout = self.read_dropout if self.training else 0.0
+        attend = attention_with_weights if output_attentions else F.scaled_dot_product_attention
         if readable == 0:
-            return queries.new_zeros(batch, heads, length, dim)
+            weights = queries.new_zeros(batch, heads, length, 0) if output_attentions else None
+            return queries.new_zeros(batch, heads, length, dim), weights
         if step.read_allowed is None:
             # Query t reads keys 0 .. t - shift: an ordinary causal problem on rows shift.. (flash/SDPA friendly).
-            out = F.scaled_dot_product_attention(
+            out = attend(
                 queries[:, :, shift:], keys[:, :, :readable], values, dropout_p=dropout, is_causal=True, scale=1.0
             )
-            return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2)
-        out = F.scaled_dot_product_attention(
+            out, weights = out if output_attentions else (out, None)
+            if weights is not None:
+                weights = F.pad(weights, (0, 0, shift, 0))
+            return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2), weights
+        out = attend(
             queries, keys[:, :, :readable], values, attn_mask=step.read_allowed, dropout_p=dropout, scale=1.0
         )
-        return out * step.read_has_any.to(out.dtype)
+        out, weights = out if output_attentions else (out, None)
+        has_any = step.read_has_any.to(out.dtype)
+        return out * has_any, None if weights is None else weights * has_any
 
 
 class MemoryMosaicsPersistentMemory(MemoryMosaicsAssociativeMemory):
@@ -363,16 +371,19 @@ class MemoryMosaicsBlock(GradientCheckpointingLayer):
             self.pmem = MemoryMosaicsPersistentMemory(config, layer_idx)
 
     def forward(
-        self, hidden_states: torch.Tensor, step: MosaicsStep, cache: MemoryMosaicsCache | None = None
+        self, hidden_states: torch.Tensor, step: MosaicsStep, cache: MemoryMosaicsCache | None = None,
+        output_attentions: bool = False,
     ) -> torch.Tensor:
         cache_layer = cache.layers[self.layer_idx] if cache is not None else None
         if self.pre_layernorm:
-            hidden_states = hidden_states + self.attn(self.input_layernorm(hidden_states), step, cache_layer)
+            read_out, _ = self.attn(self.input_layernorm(hidden_states), step, cache_layer, output_attentions)
+            hidden_states = hidden_states + read_out
             if self.pmem is not None:
                 hidden_states = hidden_states + self.pmem(self.post_attention_layernorm(hidden_states), step, cache_layer)
             return hidden_states
         hidden_states = self.input_layernorm(hidden_states)
-        hidden_states = hidden_states + self.attn(hidden_states, step, cache_layer)
+        read_out, _ = self.attn(hidden_states, step, cache_layer, output_attentions)
+        hidden_states = hidden_states + read_out
         if self.pmem is not None:
             hidden_states = self.post_attention_layernorm(hidden_states)
             hidden_states = hidden_states + self.pmem(hidden_states, step, cache_layer)
@@ -416,10 +427,7 @@ class MemoryMosaicsPreTrainedModel(ZooPreTrainedModel):
             init.normal_(module.memory_keys, mean=0.0, std=module.head_dim**-0.5)
             init.normal_(module.memory_values, mean=0.0, std=module.head_dim**-0.5)
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # `generate` must not pre-build a plain DynamicCache: the model creates its MemoryMosaicsCache itself.
-        return False
+    _cache_class = MemoryMosaicsCache
 
 
 def _check_padding(mask: torch.Tensor) -> None:
@@ -504,8 +512,14 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> ZooModelOutput:
+        r"""
+        output_attentions: also return every block's in-context memory read weights, the counterpart of attention
+            weights: `[batch, heads, new tokens, finished values]`, where value `u` (cached ones first) is readable from
+            token `u + value_shift` on (see `MemoryMosaicsContextMemory.read`); the persistent memory has none.
+        """
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
         cache = resolve_cache(self, cache, use_cache, MemoryMosaicsCache, "the leaky averages")
         output_hidden_states = (
@@ -514,16 +528,19 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
 
         step = self._step(attention_mask, cache, inputs_embeds.shape[1], inputs_embeds.device)
         hidden_states = inputs_embeds
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, step, cache=cache)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+        with recorded_weights([layer.attn for layer in self.layers], output_attentions) as attentions:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, step, cache=cache, output_attentions=output_attentions)
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states,)
+        all_attentions = tuple(attentions) if output_attentions else None
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return ZooModelOutput(
-            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states, attentions=all_attentions
         )
 
 
@@ -569,6 +586,7 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ZooCausalLMOutput:
@@ -587,6 +605,7 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         logits = self.lm_head(kept_positions(hidden_states, logits_to_keep))
@@ -606,7 +625,8 @@ class MemoryMosaicsForCausalLM(MemoryMosaicsPreTrainedModel, GenerationMixin):
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
             )
         return ZooCausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -618,3 +638,32 @@ __all__ = [
     "MemoryMosaicsPreTrainedModel",
     "leaky_average",
 ]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooForSequenceClassification  # noqa: E402
+
+
+class MemoryMosaicsForSequenceClassification(ZooForSequenceClassification, MemoryMosaicsPreTrainedModel):
+    """Memory Mosaics with a sequence-classification head, as transformers' `LlamaForSequenceClassification`.
+
+    A bias-free `score` head reads the final LayerNorm's output (not scaled like the LM logits); each row is
+    classified at its last token that is not `config.pad_token_id`, with transformers' loss for
+    `config.problem_type` (see `zoo_classification`). Right- and left-padded batches (with their `attention_mask`)
+    give every row what it gives alone. A causal-LM or bare checkpoint loads into it (`from_pretrained(folder,
+    num_labels=N)`): the model is kept, `score` starts random.
+    """
+
+    def __init__(self, config: MemoryMosaicsConfig):
+        super().__init__(config)
+        self.model = MemoryMosaicsModel(config)
+        self._add_score(config.hidden_size)
+        self.post_init()
+
+
+# Every saved Memory Mosaics names its classifier in auto_map, so that a causal-LM folder or Hub repository fine-tunes
+# into a classifier with trust_remote_code=True where memory-zoo is not installed.
+MemoryMosaicsPreTrainedModel._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "MemoryMosaicsForSequenceClassification"
+)
+__all__.append("MemoryMosaicsForSequenceClassification")

@@ -39,10 +39,12 @@ from .zoo_compression import (
     AutoencoderOutput,
     chunked_causal_loss,
     memory_slots,
+    refuse_chunkwise_outputs,
     require_input_ids,
     unroll_memory,
 )
 from .zoo_forward import kept_positions, resolve_cache
+from .zoo_rollback import RollbackMixin
 
 logger = logging.get_logger(__name__)
 
@@ -270,7 +272,7 @@ class TransformerAutoencoderModel(MemoryTransformerPreTrainedModel):
         return AutoencoderOutput(loss=loss, logits=logits, memory=memory, hidden_states=hidden_states)
 
 
-class VariableMemoryTransformerCache(DynamicCache):
+class VariableMemoryTransformerCache(RollbackMixin, DynamicCache):
     """Decoding state of a [`VariableMemoryTransformerForCausalLM`], all in [`DynamicLayer`]s (batch first), so that
     beam-search reordering, batch repetition and selection work unchanged:
 
@@ -280,8 +282,8 @@ class VariableMemoryTransformerCache(DynamicCache):
     * `pending_layer`: the encoder input embeddings of the current chunk's tokens `keys [B, 1, t, encoder width]`,
       encoded into its memory once the chunk is complete and the next token arrives.
 
-    `get_seq_length()` is the number of tokens seen. Cropping (assisted decoding) is not supported: a memory cannot be
-    taken back once computed.
+    `get_seq_length()` is the number of tokens seen. A memory cannot be taken back once computed: assisted decoding
+    takes tokens back by snapshot and replay ([`RollbackMixin`]).
     """
 
     def __init__(self, config: VariableMemoryTransformerConfig):
@@ -337,12 +339,6 @@ class VariableMemoryTransformerCache(DynamicCache):
         super().reset()
         self.seen_tokens = 0
 
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            "VariableMemoryTransformerCache cannot be cropped: memories of finished chunks cannot be taken back. "
-            "Generate without assisted decoding / prompt lookup."
-        )
-
 
 class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationMixin):
     """Variable-memory transformer: a causal LM whose finished chunks are encoded into memory vectors read by later
@@ -352,6 +348,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
     _auto_map_classes = {"AutoModel": "VariableMemoryTransformerForCausalLM",
                          "AutoModelForCausalLM": "VariableMemoryTransformerForCausalLM"}
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+    _cache_class = VariableMemoryTransformerCache
     # The loss is a mean of the model's own (research) form and ignores the Trainer's `num_items_in_batch`: the Trainer
     # must then scale it for gradient accumulation and devices itself (else it is multiplied by the world size).
     accepts_loss_kwargs = False
@@ -387,10 +384,6 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model creates its VariableMemoryTransformerCache itself
 
     # ----------------------------------------------------------------------------------------------------------------
     # memories
@@ -515,6 +508,16 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
         return x.gather(1, index)
 
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args,
+                                      attention_mask: torch.Tensor | None = None,
+                                      cache: VariableMemoryTransformerCache | None = None, **kwargs) -> dict:
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            # Padded rows keep no cache (their chunk boundaries fall at different steps): every step runs the whole
+            # sequence on the exact per-row path, as forward(use_cache=False) does, instead of refusing the batch.
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        return super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask,
+                                                     **cache_argument(cache), **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -547,6 +550,7 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             given position indices.
         """
         require_input_ids(self, input_ids, inputs_embeds)
+        refuse_chunkwise_outputs(self, kwargs)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -604,3 +608,31 @@ __all__ = [
     "VariableMemoryTransformerCache",
     "VariableMemoryTransformerForCausalLM",
 ]
+
+
+# Sequence classification (kept at the end of the file: it travels in the remote code with the classes above).
+from .zoo_classification import ZooCausalLMForSequenceClassification  # noqa: E402
+
+
+class VariableMemoryTransformerForSequenceClassification(
+    ZooCausalLMForSequenceClassification, VariableMemoryTransformerForCausalLM
+):
+    """Variable-memory transformer with a sequence-classification head, as transformers'
+    `LlamaForSequenceClassification`.
+
+    The causal LM without its `lm_head`: a bias-free `score` head reads the decoder's final hidden states (each chunk
+    decoded from the memories of the chunks before it), and each row is classified at its last token that is not
+    `config.pad_token_id`, with transformers' loss for `config.problem_type` (see `zoo_classification`). Right- and
+    left-padded batches (with their `attention_mask`) give every row what it gives alone (the classifier runs without
+    a cache by default, the path that handles padded rows); rows hold at most `num_chunks * chunk_length` tokens. A
+    causal-LM checkpoint loads into it (`from_pretrained(folder, num_labels=N)`): encoder and decoder are kept,
+    `score` starts random.
+    """
+
+
+# Every saved variable-memory transformer names its classifier in auto_map, so that a causal-LM folder or Hub
+# repository fine-tunes into a classifier with trust_remote_code=True where memory-zoo is not installed.
+VariableMemoryTransformerForCausalLM._auto_map_classes["AutoModelForSequenceClassification"] = (
+    "VariableMemoryTransformerForSequenceClassification"
+)
+__all__.append("VariableMemoryTransformerForSequenceClassification")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from .zoo_compat import CACHE_NAMES, accepts_every_cache_name
+from .zoo_compat import CACHE_NAME, CACHE_NAMES, accepts_every_cache_name
 from .zoo_inputs import checks_model_inputs
 from .zoo_loading import load_strictly
 from .zoo_remote_code import export_remote_code
+from .zoo_rollback import replays_rolled_back_tokens
 
 
 class ZooPreTrainedModel(PreTrainedModel):
@@ -33,18 +34,57 @@ class ZooPreTrainedModel(PreTrainedModel):
     * Every subclass's ``forward`` and ``prepare_inputs_for_generation`` take the cache as ``cache`` and also as
       ``past_key_values``/``cache_params``, so ``generate`` works under both transformers conventions (see
       ``zoo_compat``), and every ``forward`` checks its token ids, mask and labels first (see ``zoo_inputs``).
+    * A model with a cache of its own (``_cache_class``) gets it from ``generate`` up front, as transformers' models
+      get a ``DynamicCache``, so that assisted and prompt-lookup decoding can record and crop it (``zoo_rollback``).
     """
 
     _auto_map_classes: dict[str, str] = {}
     # accelerate must not move the cache between devices, whichever name it travels under.
     _skip_keys_device_placement = list(CACHE_NAMES)
+    # The cache class the model builds for itself from its config; None for transformers' DynamicCache.
+    _cache_class: type | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
-            cls.forward = accepts_every_cache_name(checks_model_inputs(cls.__dict__["forward"]))
+            cls.forward = accepts_every_cache_name(checks_model_inputs(replays_rolled_back_tokens(cls.__dict__["forward"])))
         if "prepare_inputs_for_generation" in cls.__dict__:
             cls.prepare_inputs_for_generation = accepts_every_cache_name(cls.__dict__["prepare_inputs_for_generation"])
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate must not pre-build a DynamicCache for a model with a cache of its own (built below instead).
+        return cls._cache_class is None and super()._supports_default_dynamic_cache()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if self._cache_class is None or generation_config.use_cache is False:
+            return result
+        if all(model_kwargs.get(name) is None for name in CACHE_NAMES):
+            cache = self._cache_class(self.config)
+            # An assistant's cache is cropped after every verification step (transformers marks its own likewise).
+            if getattr(generation_config, "is_assistant", False):
+                cache.activate_past_recording()
+            model_kwargs[CACHE_NAME] = cache
+        return result
+
+    def _get_candidate_generator(self, generation_config, *args, **kwargs):
+        generator = super()._get_candidate_generator(generation_config, *args, **kwargs)
+        if type(generator).__name__ == "PromptLookupCandidateGenerator":
+            # transformers' prompt lookup bounds its draft by the prompt's length, not by max_length - 1 (the target
+            # model adds one token): drafts may then overrun a fixed context by a few tokens. Cut them to fit.
+            propose, max_length = generator.get_candidates, generation_config.max_length
+
+            def get_candidates(input_ids, *more, **options):
+                candidates, logits = propose(input_ids, *more, **options)
+                room = max(max_length - 1, input_ids.shape[1])
+                if candidates.shape[1] > room:
+                    candidates = candidates[:, :room]
+                    logits = None if logits is None else logits[:, : room - input_ids.shape[1]]
+                return candidates, logits
+
+            generator.get_candidates = get_candidates
+        return generator
 
     @classmethod
     def _remote_code_files(cls) -> list[Path]:

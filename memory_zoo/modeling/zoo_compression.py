@@ -48,6 +48,19 @@ def require_input_ids(model, input_ids: torch.Tensor | None, inputs_embeds: torc
     check_model_inputs(model, input_ids)
 
 
+def refuse_chunkwise_outputs(model, kwargs: dict, names: tuple[str, ...] = ("output_attentions",)) -> None:
+    """Refuse `output_attentions` (and the other `names`) where a memory model cannot answer them, rather than return
+    None: its decoder reads each chunk on its own, over that chunk's memory slots and tokens, so there are no
+    per-token weights (or states) over the sequence to return."""
+    for name in names:
+        if kwargs.get(name) or (kwargs.get(name) is None and getattr(model.config, name, False)):
+            raise ValueError(
+                f"{type(model).__name__} does not return {name.removeprefix('output_')}: its decoder reads every chunk "
+                "on its own, over that chunk's memory slots and tokens, so there is no per-token matrix over the "
+                f"sequence to return. Call it without {name}=True (and set config.{name} = False)."
+            )
+
+
 def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
     """Spread a memory vector `[batch, D]` over `length` rows of `D // 2` features (research "unrolled" input).
 
@@ -97,4 +110,11 @@ def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: t
     return empty if memories is None else torch.cat([memories.to(like.dtype), empty], dim=1)
 
 
-__all__ = ["AutoencoderOutput", "chunked_causal_loss", "memory_slots", "require_input_ids", "unroll_memory"]
+__all__ = [
+    "AutoencoderOutput",
+    "chunked_causal_loss",
+    "memory_slots",
+    "refuse_chunkwise_outputs",
+    "require_input_ids",
+    "unroll_memory",
+]

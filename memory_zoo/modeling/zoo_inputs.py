@@ -2,8 +2,9 @@
 
 ``ZooPreTrainedModel`` wraps every subclass's ``forward`` with ``checks_model_inputs``: token ids must be integer,
 ``[batch, seq_len]``, non-empty and inside the vocabulary; a 2-D ``attention_mask`` must have the batch of the ids and
-cover at least their positions; ``labels`` must have the shape of the ids. Each error names the argument, what was
-seen and the fix, where torch would otherwise fail deep inside an embedding or a loss with an index error (or, on a
+cover at least their positions; ``labels`` must have the shape of the ids, or, for a model whose labels are one per
+sequence (``labels_per_sequence``: the sequence classifiers), one entry per row (class ids inside ``num_labels``).
+Each error names the argument, what was seen and the fix, where torch would otherwise fail deep inside an embedding or a loss with an index error (or, on a
 GPU, a device-side assert). The checks are a few comparisons and one min/max over the ids (benchmarks/input_checks.py
 measures their cost); on an accelerator the min/max is skipped in training steps, which it would synchronise. This
 file travels with every saved model.
@@ -62,12 +63,48 @@ def check_model_inputs(model: Any, input_ids: Any, attention_mask: Any = None, l
                 "must be [batch, seq_len] with the batch of input_ids, covering the cached and the new tokens (pass "
                 "the attention_mask the tokenizer returned with these input_ids)."
             )
-    if isinstance(labels, torch.Tensor):
+    if isinstance(labels, torch.Tensor) and getattr(model, "labels_per_sequence", False):
+        check_sequence_labels(model, labels, batch, on_host)
+    elif isinstance(labels, torch.Tensor):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)} "
                              "(they are shifted inside: pass labels=input_ids, with -100 where no loss is wanted).")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must hold integer token ids, got {labels.dtype}.")
+
+
+def check_sequence_labels(model: Any, labels: torch.Tensor, batch: int, on_host: bool = True) -> None:
+    """Raise a ValueError naming the fix unless ``labels`` fit a sequence classifier's ``batch`` rows.
+
+    As transformers reads them (``ForSequenceClassificationLoss``): ``[batch]`` class ids (single-label) or numbers
+    (regression), or ``[batch, num_labels]`` 0/1 targets (multi-label) or numbers (regression with several outputs).
+    Class ids outside ``0 .. num_labels - 1`` (other than the ignored -100) are refused here, where cross-entropy would
+    fail with an index error (on a GPU, a device-side assert); the range check reads the labels back to the host, so it
+    follows the rule of the token-id check.
+    """
+    config = model.config
+    num_labels = config.num_labels
+    shape = tuple(labels.shape)
+    fits = (labels.dim() == 0 and batch == 1) or (
+        labels.dim() in (1, 2) and shape[0] == batch and (labels.dim() == 1 or shape[1] in (1, num_labels)))
+    if not fits:
+        raise ValueError(
+            f"labels {shape} do not fit {batch} sequence(s) of input_ids: a sequence classifier takes one label per row, "
+            f"[batch] = [{batch}] class ids (single-label classification) or numbers (regression), or [batch, "
+            f"num_labels] = [{batch}, {num_labels}] 0/1 targets (multi-label classification, config.problem_type="
+            "'multi_label_classification') or numbers (regression with several outputs)."
+        )
+    class_ids = not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool)
+    single_label = config.problem_type == "single_label_classification" or (
+        config.problem_type is None and num_labels > 1 and class_ids)
+    if single_label and class_ids and on_host and not torch.compiler.is_compiling() and labels.numel():
+        bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels hold class id {int(labels[bad].flatten()[0])}, but this classifier has num_labels={num_labels} "
+                f"classes (ids 0 to {num_labels - 1}; -100 is ignored): build it with the number of classes of your "
+                "data (from_pretrained(..., num_labels=N), or id2label/label2id), or map the labels to 0 .. N - 1."
+            )
 
 
 def checks_model_inputs(forward: _Function) -> _Function:
@@ -98,4 +135,4 @@ def checks_model_inputs(forward: _Function) -> _Function:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["check_model_inputs", "checks_model_inputs"]
+__all__ = ["check_model_inputs", "check_sequence_labels", "checks_model_inputs"]

@@ -2,6 +2,10 @@
 
 Another architecture's folder, missing / unexpected / mismatched tensors, damaged safetensors files and non-finite
 weights. ``ZooPreTrainedModel.from_pretrained`` calls :func:`load_strictly`. This file travels with every saved model.
+
+Task heads (``TASK_HEADS``) are the one exception to strictness, as in transformers: a language-model checkpoint
+loaded into a sequence classifier has no ``score`` yet (it starts from random weights, and transformers' loading report
+says so), and a classifier's checkpoint loaded into a model without that head leaves the head behind.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from transformers.utils import logging
 from ..configuration.zoo_config import OtherArchitectureError
 
 logger = logging.get_logger(__name__)
+
+# Module names of the task heads a model may add to a language model (transformers' names: `score` for sequence
+# classification). Fine-tuning starts from a checkpoint without them, so their absence is no mismatch.
+TASK_HEADS = ("score",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -69,12 +77,32 @@ def _mismatch(entry) -> tuple:
     return entry, (), ()
 
 
+def _without_task_heads(model: nn.Module, missing: Iterable[str], unexpected: Iterable[str]) -> tuple[set, set]:
+    """`missing` and `unexpected` keys less those of task heads (`TASK_HEADS`) that are new or left behind.
+
+    A head of the model none of whose tensors the checkpoint holds is new (initialised randomly, reported by
+    transformers); a head the checkpoint holds but the model lacks is left behind. A head only partly present stays
+    an error: that checkpoint is damaged, or belongs to another head.
+    """
+    missing, unexpected = set(missing), set(unexpected)
+    own = set(model.state_dict())
+    for head in TASK_HEADS:
+        prefix = f"{head}."
+        head_keys = {key for key in own if key.startswith(prefix)}
+        if not head_keys:
+            unexpected = {key for key in unexpected if not key.startswith(prefix)}
+        elif head_keys <= missing:
+            missing -= head_keys
+    return missing, unexpected
+
+
 def load_strictly(cls: type, load, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
     """transformers' ``from_pretrained``, refusing what it would let through silently.
 
     * A folder saved by another architecture is refused before anything is built, naming both architectures.
     * With ``strict=True`` (the default) missing or unexpected tensors are an error listing them; ``strict=False``
-      initialises missing tensors randomly and ignores unexpected ones, as transformers does.
+      initialises missing tensors randomly and ignores unexpected ones, as transformers does. A task head (`score`)
+      the checkpoint lacks entirely is new, and one the model lacks is left behind: neither is an error.
     * Tensors whose shape differs from the model's are an error unless ``ignore_mismatched_sizes=True``
       (transformers' own flag), which re-initialises them.
     * Weights holding NaN or infinite values load, with a warning naming the tensors.
@@ -100,8 +128,9 @@ def load_strictly(cls: type, load, pretrained_model_name_or_path, *model_args, s
     ]
     problems = {"mismatched_keys": sorted(mismatched)}
     if strict:
-        problems["missing_keys"] = sorted(info.get("missing_keys") or [])
-        problems["unexpected_keys"] = sorted(info.get("unexpected_keys") or [])
+        missing, unexpected = _without_task_heads(model, info.get("missing_keys") or [], info.get("unexpected_keys") or [])
+        problems["missing_keys"] = sorted(missing)
+        problems["unexpected_keys"] = sorted(unexpected)
     if any(problems.values()):
         lines = [f"The checkpoint at {pretrained_model_name_or_path!s} does not match {cls.__name__} built from its config:"]
         for key, values in problems.items():
@@ -120,4 +149,4 @@ def load_strictly(cls: type, load, pretrained_model_name_or_path, *model_args, s
     return (model, info) if want_info else model
 
 
-__all__ = ["CheckpointMismatchError", "load_strictly", "non_finite_tensors", "warn_non_finite"]
+__all__ = ["TASK_HEADS", "CheckpointMismatchError", "load_strictly", "non_finite_tensors", "warn_non_finite"]
