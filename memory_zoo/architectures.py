@@ -239,6 +239,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         role="causal_lm", research=MEMORYMODELS, lora_targets=(*_ATTENTION, *_SWIGLU),
         cache="the memories of finished chunks plus the decoder's key/value cache of the current chunk; beam "
               "reorder; crop by snapshot and replay (assisted decoding); left-padded batches decode without the cache",
+        attentions="decoder attention weights [batch, heads, new, memory slots + chunk length] over each token's chunk "
+                   "pass (its chunk's memory slots, then its tokens)",
         converter="memory_transformer", sources=("variable-memory-transformer",),
         parity=Parity("tests/test_memory_transformer_conversion.py", "1e-5 (absolute)", "0"),
     ),

@@ -20,6 +20,9 @@ Differences, all deliberate:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,13 +36,13 @@ from ..configuration.configuration_memory_transformer import (
     TransformerAutoencoderConfig,
     VariableMemoryTransformerConfig,
 )
+from .zoo_attention import recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
     AutoencoderOutput,
     chunked_causal_loss,
     memory_slots,
-    refuse_chunkwise_outputs,
     require_input_ids,
     unroll_memory,
 )
@@ -478,6 +481,59 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         return torch.cat(outputs, 1), hidden_states
 
     # ----------------------------------------------------------------------------------------------------------------
+    # attentions: each token's weights over its chunk's decoder pass (memory slots, then the chunk's tokens)
+
+    def _attention_width(self) -> int:
+        """Keys of the attention maps returned: the widest decoder pass (most memory slots plus a chunk)."""
+        return max(self._slots(chunk) for chunk in range(self.config.num_chunks)) + self.config.chunk_length
+
+    @contextmanager
+    def _recorded_decoder_attentions(self, enabled: bool) -> Iterator[list[torch.Tensor] | None]:
+        """Record the decoder layers' attention weights; SDPA returns none, so eager attention runs meanwhile."""
+        if not enabled:
+            yield None
+            return
+        config = self.config.decoder_config
+        saved = config._attn_implementation_internal
+        config._attn_implementation_internal = "eager"
+        try:
+            with recorded_weights([layer.self_attn for layer in self.decoder.layers], True) as recorded:
+                yield recorded
+        finally:
+            config._attn_implementation_internal = saved
+
+    def _parallel_attentions(self, recorded: list[torch.Tensor], shape: torch.Size) -> tuple[torch.Tensor, ...]:
+        """`[B * chunks, H, W, W]` per layer (one batch of chunk passes) -> `[B, H, T, width]` at the token rows."""
+        batch, total = shape
+        length, width = self.config.chunk_length, self._attention_width()
+        chunks = -(-total // length)
+        slots = torch.tensor([self._slots(c) for c in range(chunks)], device=recorded[0].device)
+        rows = slots[:, None] + torch.arange(length, device=slots.device)[None, :]  # [chunks, length]
+        maps = []
+        for weights in recorded:
+            weights = weights.view(batch, chunks, *weights.shape[1:])  # [B, C, H, W', W']
+            index = rows[None, :, None, :, None].expand(batch, -1, weights.shape[2], -1, weights.shape[-1])
+            weights = weights.gather(3, index)  # [B, C, H, length, W']
+            weights = weights.permute(0, 2, 1, 3, 4).reshape(batch, weights.shape[2], chunks * length, -1)
+            maps.append(F.pad(weights[:, :, :total], (0, width - weights.shape[-1])))
+        return tuple(maps)
+
+    def _cached_attentions(self, recorded: list[torch.Tensor], past: int, new_tokens: int) -> tuple[torch.Tensor, ...]:
+        """One `[B, H, rows, keys]` map per layer and decoder call (`_forward_cached` makes one call per chunk piece,
+        its first rows the memory slots where the piece starts a chunk) -> `[B, H, new, width]` per layer."""
+        layers, width, length = len(self.decoder.layers), self._attention_width(), self.config.chunk_length
+        pieces, position, end = [], past, past + new_tokens
+        while position < end:  # the pieces _forward_cached walked
+            stop = min((position // length + 1) * length, end)
+            pieces.append(stop - position)
+            position = stop
+        calls = [recorded[i:i + layers] for i in range(0, len(recorded), layers)]
+        maps = []
+        for layer in range(layers):
+            rows = [F.pad(call[layer][:, :, -size:], (0, width - call[layer].shape[-1]))
+                    for call, size in zip(calls, pieces, strict=True)]
+            maps.append(torch.cat(rows, dim=2))
+        return tuple(maps)
 
     @staticmethod
     def _row_starts(attention_mask: torch.Tensor, length: int) -> torch.Tensor | None:
@@ -550,7 +606,8 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             given position indices.
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        refuse_chunkwise_outputs(self, kwargs)
+        output_attentions = kwargs.get("output_attentions")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -582,12 +639,17 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
                     "would fall at different steps. Use use_cache=False for padded batches (exact, each row as if "
                     "alone), or generate one sequence (or equal-length prompts) at a time."
                 )
-            hidden, all_hidden = self._forward_cached(input_ids, cache, output_hidden_states)
+            past = cache.seen_tokens
+            with self._recorded_decoder_attentions(output_attentions) as recorded:
+                hidden, all_hidden = self._forward_cached(input_ids, cache, output_hidden_states)
+            attentions = self._cached_attentions(recorded, past, input_ids.shape[1]) if output_attentions else None
         else:
             if attention_mask is not None:
                 starts = self._row_starts(attention_mask, input_ids.shape[1])
             ids = self._rotate(input_ids, starts) if starts is not None else input_ids
-            hidden, all_hidden = self._forward_parallel(ids, output_hidden_states)
+            with self._recorded_decoder_attentions(output_attentions) as recorded:
+                hidden, all_hidden = self._forward_parallel(ids, output_hidden_states)
+            attentions = self._parallel_attentions(recorded, ids.shape) if output_attentions else None
 
         loss = None
         if labels is not None:
@@ -597,8 +659,12 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
         if starts is not None:  # back to the caller's layout
             hidden = self._rotate(hidden, starts, inverse=True)
             all_hidden = tuple(self._rotate(h, starts, inverse=True) for h in all_hidden) if all_hidden else None
+            if attentions is not None:
+                attentions = tuple(self._rotate(a.transpose(1, 2), starts, inverse=True).transpose(1, 2)
+                                   for a in attentions)
         logits = self.lm_head(kept_positions(hidden, logits_to_keep))
-        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache, hidden_states=all_hidden)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache, hidden_states=all_hidden,
+                                 attentions=attentions)
 
 
 __all__ = [
