@@ -204,6 +204,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         role="causal_lm", research=MEMORYMODELS, lora_targets=_MIXER_BLOCK,
         cache="the memories of finished chunks plus the decoder's mixing state of the current chunk; beam reorder; "
               "crop by snapshot and replay (assisted decoding); left padding refused",
+        attentions="decoder mixing matrices [batch, mixing heads, new, num_chunks + chunk_length] over each token's "
+                   "chunk pass (the memory slots, then its tokens)",
         kernels=("masked_mixing",), converter="mixer_autoencoder", sources=("variable-memory-mixer",),
         parity=Parity("tests/test_mixer_autoencoder.py", "1e-5 (absolute)", "1.2e-6"),
     ),
@@ -217,6 +219,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         role="causal_lm", research=MEMORYMODELS, lora_targets=_MIXER_BLOCK,
         cache="the memory of the previous chunk plus the decoder's mixing state; beam reorder; crop by snapshot and "
               "replay (assisted decoding); left padding refused",
+        attentions="decoder mixing matrices [batch, mixing heads, new, 1 + chunk_length] over each token's chunk pass "
+                   "(the memory token, then its tokens; chunk_length wide with the embedding combination)",
         kernels=("masked_mixing",), converter="mixer_autoencoder", sources=("memory-mixer",),
         parity=Parity("tests/test_mixer_autoencoder.py", "1e-5 (absolute)", "1.2e-6"),
     ),

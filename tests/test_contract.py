@@ -410,12 +410,27 @@ def test_output_attentions(variant):
         rest = model(ids[:, 3:], cache=cache, use_cache=True, output_attentions=True)
     torch.testing.assert_close(full.logits, plain.logits, atol=1e-5, rtol=1e-5)
     config = model.config
-    blocks = config.decoder_config.num_hidden_layers if hasattr(config, "decoder_config") else config.num_hidden_layers
+    blocks = (config.decoder_config.num_hidden_layers if hasattr(config, "decoder_config")
+              else getattr(config, "decoder_layers", None) or config.num_hidden_layers)
     assert isinstance(full.attentions, tuple) and len(full.attentions) == blocks
     for weights, cached in zip(full.attentions, rest.attentions, strict=True):
         assert weights.dim() == 4 and weights.shape[0] == 2 and weights.shape[2] == ids.shape[1]
         assert torch.isfinite(weights).all()
         torch.testing.assert_close(cached, weights[:, :, 3:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", CAUSAL_LMS)
+def test_output_hidden_states_is_answered_or_refused(architecture):
+    """`output_hidden_states=True` gives one state per layer boundary, or a ValueError naming it: never a silent None."""
+    model = build(architecture)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    try:
+        with torch.no_grad():
+            states = model(ids, output_hidden_states=True).hidden_states
+    except ValueError as error:
+        assert "does not return hidden_states" in str(error)
+        return
+    assert isinstance(states, tuple) and len(states) >= 2 and all(s.shape[:2] == ids.shape for s in states)
 
 
 def test_generation_docs_name_every_causal_lm():

@@ -16,7 +16,8 @@ decoder are [`MaskedMixerModel`]s. Differences from the research code, all delib
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -26,8 +27,17 @@ from transformers.utils import can_return_tuple
 
 from ..configuration.configuration_memory_mixer import MemoryMixerConfig, VariableMemoryMixerConfig
 from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMixerPreTrainedModel
+from .zoo_attention import recorded_weights
 from .zoo_compat import ZooCausalLMOutput, cache_argument
-from .zoo_compression import chunked_causal_loss, memory_slots, refuse_chunkwise_outputs, require_input_ids
+from .zoo_compression import (
+    cached_pass_weights,
+    chunk_pieces,
+    chunked_causal_loss,
+    memory_slots,
+    parallel_pass_weights,
+    refuse_chunkwise_outputs,
+    require_input_ids,
+)
 from .zoo_forward import kept_positions, resolve_cache
 from .zoo_rollback import RollbackMixin
 
@@ -104,6 +114,27 @@ class MemoryMixerCache(RollbackMixin, DynamicCache):
 
     def _snapshot_parts(self) -> list:
         return [self, *self.layers, self.decoder]
+
+
+@contextmanager
+def recorded_mixing(decoder: MaskedMixerModel, enabled: bool) -> Iterator[list[torch.Tensor] | None]:
+    """Record the decoder's mixing matrices (`MaskedMixerTokenMixer` returns them when its stack is asked for
+    attentions) over every decoder call inside; the decoder calls themselves stay as they are."""
+    if not enabled:
+        yield None
+        return
+    asked = decoder.config.output_attentions
+    decoder.config.output_attentions = True
+    try:
+        with recorded_weights([layer.token_mixer for layer in decoder.layers], True) as recorded:
+            yield recorded
+    finally:
+        decoder.config.output_attentions = asked
+
+
+def attentions_requested(model: nn.Module, kwargs: dict) -> bool:
+    value = kwargs.get("output_attentions")
+    return bool(value if value is not None else model.config.output_attentions)
 
 
 def walk_chunks(
@@ -278,15 +309,23 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        refuse_chunkwise_outputs(self, kwargs, ("output_attentions", "output_hidden_states"))
+        refuse_chunkwise_outputs(self, kwargs)
         cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
         _right_padded_only(attention_mask, past + input_ids.shape[1])
-        if cache is None:
-            hidden = self._decode_all(input_ids)
-        else:
-            hidden = self._decode_cached(input_ids, cache)
+        output_attentions = attentions_requested(self, kwargs)
+        with recorded_mixing(self.decoder, output_attentions) as recorded:
+            hidden = self._decode_all(input_ids) if cache is None else self._decode_cached(input_ids, cache)
+        attentions = None
+        if output_attentions:  # every decoder pass: num_chunks memory slots, then the chunk's tokens
+            batch, new, length = *input_ids.shape, self.config.chunk_length
+            width = self.config.num_chunks + length
+            attentions = (
+                parallel_pass_weights(recorded, batch, new, length, [self.config.num_chunks] * -(-new // length), width)
+                if cache is None else
+                cached_pass_weights(recorded, len(self.decoder.layers), chunk_pieces(past, new, length), width)
+            )
         logits = self.lm_head(kept_positions(hidden, logits_to_keep))
         loss = None
         if labels is not None:
@@ -294,7 +333,7 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
                 raise ValueError("labels cannot be combined with a filled cache: compute the loss on a full forward.")
             loss = chunked_causal_loss(logits, labels.to(logits.device), self.config.chunk_length,
                                        self.config.num_chunks)
-        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache, attentions=attentions)
 
 
 class MemoryMixerPreTrainedModel(MaskedMixerPreTrainedModel):
@@ -422,7 +461,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        refuse_chunkwise_outputs(self, kwargs, ("output_attentions", "output_hidden_states"))
+        refuse_chunkwise_outputs(self, kwargs)
         config = self.config
         if config.memory_source == "window":
             if input_ids.shape[1] > config.chunk_length:
@@ -436,12 +475,26 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
             cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "the memory of the last chunk")
         past = cache.tokens_seen if cache is not None else 0
         _right_padded_only(attention_mask, past + input_ids.shape[1])
-        hidden = self._decode_all(input_ids) if cache is None else self._decode_cached(input_ids, cache)
+        output_attentions = attentions_requested(self, kwargs)
+        with recorded_mixing(self.decoder, output_attentions) as recorded:
+            hidden = self._decode_all(input_ids) if cache is None else self._decode_cached(input_ids, cache)
+        attentions = None
+        if output_attentions:  # every decoder pass: the memory token (token combination), then the chunk's tokens
+            batch, new, length = *input_ids.shape, config.chunk_length
+            slot = 1 if config.combination == "token" else 0
+            if config.memory_source == "window":  # one pass over the window, like one cached piece
+                attentions = cached_pass_weights(recorded, len(self.decoder.layers), [new], slot + length)
+            elif cache is None:
+                attentions = parallel_pass_weights(recorded, batch, new, length, [slot] * -(-new // length),
+                                                   slot + length)
+            else:
+                attentions = cached_pass_weights(recorded, len(self.decoder.layers), chunk_pieces(past, new, length),
+                                                 slot + length)
         logits = self.lm_head(kept_positions(hidden, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size, **kwargs)
-        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache)
+        return ZooCausalLMOutput(loss=loss, logits=logits, cache=cache, attentions=attentions)
 
     def prepare_inputs_for_generation(self, *args, cache: MemoryMixerCache | None = None, **kwargs):
         if self.config.memory_source == "window":

@@ -41,8 +41,11 @@ from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
     AutoencoderOutput,
+    cached_pass_weights,
+    chunk_pieces,
     chunked_causal_loss,
     memory_slots,
+    parallel_pass_weights,
     require_input_ids,
     unroll_memory,
 )
@@ -503,37 +506,14 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             config._attn_implementation_internal = saved
 
     def _parallel_attentions(self, recorded: list[torch.Tensor], shape: torch.Size) -> tuple[torch.Tensor, ...]:
-        """`[B * chunks, H, W, W]` per layer (one batch of chunk passes) -> `[B, H, T, width]` at the token rows."""
         batch, total = shape
-        length, width = self.config.chunk_length, self._attention_width()
-        chunks = -(-total // length)
-        slots = torch.tensor([self._slots(c) for c in range(chunks)], device=recorded[0].device)
-        rows = slots[:, None] + torch.arange(length, device=slots.device)[None, :]  # [chunks, length]
-        maps = []
-        for weights in recorded:
-            weights = weights.view(batch, chunks, *weights.shape[1:])  # [B, C, H, W', W']
-            index = rows[None, :, None, :, None].expand(batch, -1, weights.shape[2], -1, weights.shape[-1])
-            weights = weights.gather(3, index)  # [B, C, H, length, W']
-            weights = weights.permute(0, 2, 1, 3, 4).reshape(batch, weights.shape[2], chunks * length, -1)
-            maps.append(F.pad(weights[:, :, :total], (0, width - weights.shape[-1])))
-        return tuple(maps)
+        chunks = -(-total // self.config.chunk_length)
+        return parallel_pass_weights(recorded, batch, total, self.config.chunk_length,
+                                     [self._slots(c) for c in range(chunks)], self._attention_width())
 
     def _cached_attentions(self, recorded: list[torch.Tensor], past: int, new_tokens: int) -> tuple[torch.Tensor, ...]:
-        """One `[B, H, rows, keys]` map per layer and decoder call (`_forward_cached` makes one call per chunk piece,
-        its first rows the memory slots where the piece starts a chunk) -> `[B, H, new, width]` per layer."""
-        layers, width, length = len(self.decoder.layers), self._attention_width(), self.config.chunk_length
-        pieces, position, end = [], past, past + new_tokens
-        while position < end:  # the pieces _forward_cached walked
-            stop = min((position // length + 1) * length, end)
-            pieces.append(stop - position)
-            position = stop
-        calls = [recorded[i:i + layers] for i in range(0, len(recorded), layers)]
-        maps = []
-        for layer in range(layers):
-            rows = [F.pad(call[layer][:, :, -size:], (0, width - call[layer].shape[-1]))
-                    for call, size in zip(calls, pieces, strict=True)]
-            maps.append(torch.cat(rows, dim=2))
-        return tuple(maps)
+        return cached_pass_weights(recorded, len(self.decoder.layers),
+                                   chunk_pieces(past, new_tokens, self.config.chunk_length), self._attention_width())
 
     @staticmethod
     def _row_starts(attention_mask: torch.Tensor, length: int) -> torch.Tensor | None:

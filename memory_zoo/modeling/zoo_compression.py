@@ -48,17 +48,59 @@ def require_input_ids(model, input_ids: torch.Tensor | None, inputs_embeds: torc
     check_model_inputs(model, input_ids)
 
 
-def refuse_chunkwise_outputs(model, kwargs: dict, names: tuple[str, ...] = ("output_attentions",)) -> None:
-    """Refuse `output_attentions` (and the other `names`) where a memory model cannot answer them, rather than return
-    None: its decoder reads each chunk on its own, over that chunk's memory slots and tokens, so there are no
-    per-token weights (or states) over the sequence to return."""
+def refuse_chunkwise_outputs(model, kwargs: dict, names: tuple[str, ...] = ("output_hidden_states",)) -> None:
+    """Refuse `output_hidden_states` (or the other `names`) where a memory model does not return it, rather than
+    silently return None."""
     for name in names:
         if kwargs.get(name) or (kwargs.get(name) is None and getattr(model.config, name, False)):
             raise ValueError(
-                f"{type(model).__name__} does not return {name.removeprefix('output_')}: its decoder reads every chunk "
-                "on its own, over that chunk's memory slots and tokens, so there is no per-token matrix over the "
-                f"sequence to return. Call it without {name}=True (and set config.{name} = False)."
+                f"{type(model).__name__} does not return {name.removeprefix('output_')}: its decoder runs chunk by chunk "
+                f"and only the logits are assembled. Call it without {name}=True (and set config.{name} = False)."
             )
+
+
+def chunk_pieces(past: int, new_tokens: int, chunk_length: int) -> list[int]:
+    """The sizes of the pieces a cached call of `new_tokens` after `past` tokens is cut into: up to each chunk end."""
+    pieces, position, end = [], past, past + new_tokens
+    while position < end:
+        stop = min((position // chunk_length + 1) * chunk_length, end)
+        pieces.append(stop - position)
+        position = stop
+    return pieces
+
+
+def parallel_pass_weights(
+    recorded: list[torch.Tensor], batch: int, total: int, chunk_length: int, slots: list[int], width: int
+) -> tuple[torch.Tensor, ...]:
+    """Per-token weights over each token's chunk pass, from a decoder run on all chunk passes as one batch.
+
+    `recorded` holds one `[batch * chunks, heads, W, W]` map per decoder layer, pass `c` holding `slots[c]` memory
+    slots then the chunk's tokens; returns `[batch, heads, total, width]` per layer (keys right-padded with zeros).
+    """
+    chunks = len(slots)
+    offsets = torch.tensor(slots, device=recorded[0].device)
+    rows = offsets[:, None] + torch.arange(chunk_length, device=offsets.device)[None, :]  # [chunks, chunk_length]
+    maps = []
+    for weights in recorded:
+        weights = weights.view(batch, chunks, *weights.shape[1:])  # [B, C, H, W, W]
+        index = rows[None, :, None, :, None].expand(batch, -1, weights.shape[2], -1, weights.shape[-1])
+        weights = weights.gather(3, index).permute(0, 2, 1, 3, 4)  # [B, H, C, chunk_length, W]
+        weights = weights.reshape(batch, weights.shape[1], chunks * chunk_length, -1)[:, :, :total]
+        maps.append(F.pad(weights, (0, width - weights.shape[-1])))
+    return tuple(maps)
+
+
+def cached_pass_weights(recorded: list[torch.Tensor], layers: int, pieces: list[int], width: int
+                        ) -> tuple[torch.Tensor, ...]:
+    """Per-token weights over each token's chunk pass, from a cached call: one decoder call per piece (`pieces`, see
+    `chunk_pieces`), each recording `[batch, heads, rows, keys]` per layer whose last rows are the piece's tokens;
+    returns `[batch, heads, new tokens, width]` per layer."""
+    calls = [recorded[i:i + layers] for i in range(0, len(recorded), layers)]
+    return tuple(
+        torch.cat([F.pad(call[layer][:, :, -size:], (0, width - call[layer].shape[-1]))
+                   for call, size in zip(calls, pieces, strict=True)], dim=2)
+        for layer in range(layers)
+    )
 
 
 def unroll_memory(memory: torch.Tensor, length: int) -> torch.Tensor:
@@ -112,8 +154,11 @@ def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: t
 
 __all__ = [
     "AutoencoderOutput",
+    "cached_pass_weights",
+    "chunk_pieces",
     "chunked_causal_loss",
     "memory_slots",
+    "parallel_pass_weights",
     "refuse_chunkwise_outputs",
     "require_input_ids",
     "unroll_memory",
