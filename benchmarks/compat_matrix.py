@@ -52,7 +52,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 COMPAT_DIR = REPO / ".compat"
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_TESTS = ["tests/test_contract.py"]
+DEFAULT_TESTS = ["tests/test_contract.py", "tests/test_lm_eval.py"]  # the model contract and lm-evaluation-harness
 DEFAULT_VERSIONS = ["lower", "5.22.2", "5.23.0", "5.24.0", "newest"]  # the bounds, a middle release, both cache conventions
 ALIASES = ("lower", "newest")
 NO_PARAMETERS = "*"  # the architecture of a test without a parameter id

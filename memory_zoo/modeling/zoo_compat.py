@@ -15,6 +15,7 @@ installed transformers declares, not from its version number. This file travels 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,7 +69,24 @@ def accepts_every_cache_name(function: _Function) -> _Function:
         return function(self, *args, **kwargs)
 
     wrapper._accepts_every_cache_name = True
+    wrapper.__signature__ = _with_every_cache_name(function)
     return wrapper  # type: ignore[return-value]
+
+
+def _with_every_cache_name(function: Callable) -> inspect.Signature | None:
+    """`function`'s signature with every cache name as a keyword: transformers < 5.24 checks the arguments it passes
+    (e.g. to an assistant model's generate) against the signatures of `prepare_inputs_for_generation` and `forward`."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(signature.parameters.values())
+    present = {parameter.name for parameter in parameters}
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+             for name in CACHE_NAMES if name not in present]
+    tail = [parameter for parameter in parameters if parameter.kind is inspect.Parameter.VAR_KEYWORD]
+    head = [parameter for parameter in parameters if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+    return signature.replace(parameters=head + extra + tail)
 
 
 def answers_to_every_cache_name(output_class: _Output) -> _Output:
