@@ -227,7 +227,7 @@ def test_split_passthrough():
         ["--versions", "5.12.1"], ["-x", "-k", "lswt"])
     assert compat.split_passthrough(["--newest-only"]) == (["--newest-only"], [])
     args = compat.parse_args(["--versions", "5.12.1,5.24.0"])
-    assert args.tests == ["tests/test_contract.py"] and args.timeout == 1800
+    assert args.tests == ["tests/test_contract.py", "tests/test_lm_eval.py"] and args.timeout == 1800
 
 
 def test_test_paths_are_taken_from_the_callers_directory(tmp_path):
