@@ -101,6 +101,24 @@ def test_quickstart_trains_a_memory_mosaic(tmp_path):
     assert {"config.json", "modeling_memory_mosaics.py", "tokenizer.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
 
 
+def test_slopes_benchmark_quick_run_fits_every_architecture(tmp_path):
+    import json
+
+    import memory_zoo
+
+    output = tmp_path / "slopes.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "slopes.py"), "--quick", "--output", str(output)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert output.with_suffix(".png").stat().st_size > 0 and "log-log slopes" in result.stdout
+    report = json.loads(output.read_text())
+    causal_lms = {config.model_type for config, _, causal in memory_zoo.ARCHITECTURES if causal is not None}
+    assert set(report["architectures"]) == causal_lms | {"llama"}  # every causal LM, and the yardstick
+    for architecture, row in report["architectures"].items():
+        assert [cell["status"] for cell in row["cells"]] == ["ok", "ok"], architecture
+        assert row["slopes"]["time"] is not None
+
+
 def test_memory_layers_benchmark_quick_run_writes_figures(tmp_path):
     import json
 

@@ -1,0 +1,203 @@
+"""How training cost grows with the sequence length, per architecture's pure-torch path: the log-log slopes.
+
+For every causal LM of the zoo and a same-size `LlamaForCausalLM` (the yardstick), one forward + backward of a
+batch of one sequence (`labels = input_ids`) is timed at each length of `--lengths` (512 ... 8192 by default) and its
+peak memory measured above the resident model, each cell in a worker process of its own (peak RSS with the kernel's
+high-water mark reset right before the step; `bench_common.run_cell`). Then, per architecture, the least-squares
+slope of log(time) and of log(peak memory) against log(length): 1 is linear, 2 quadratic. Each architecture has an
+order it cannot beat (`ORDER`: linear for leaky averages, chunked memories and product-key lookups; quadratic where
+the model itself is, for in-context reads over all past tokens or L x L mixing); a slope clearly above it is a hidden
+quadratic to find. Kernels are off (`use_kernels=False`): this is the path every CPU and every fallback runs.
+
+    python benchmarks/slopes.py                      # writes benchmarks/results/slopes.json and slopes.png
+    python benchmarks/slopes.py --quick --output /tmp/slopes.json     # seconds: short lengths, in-process
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from bench_common import RESULT_TAG, machine_info, mark_peak, read_peak, run_cell, run_worker  # noqa: E402
+
+RESULTS = ROOT / "results"
+VOCAB = 512
+HIDDEN = 128
+LAYERS = 2
+HEADS = 2
+# The growth of a training step no implementation of the architecture can avoid, as a log-log slope of time and of
+# memory against the sequence length (1 linear, 2 quadratic). Attention reads every past token (time quadratic; its
+# memory stays linear with SDPA's fused kernels); L x L mixing is quadratic in both (the matrices themselves).
+ORDER = {
+    "llama": {"time": 2, "memory": 1},
+    "lswt": {"time": 2, "memory": 1},
+    "memory_layers": {"time": 2, "memory": 1},
+    "memory_mosaics": {"time": 2, "memory": 1},
+    "masked_mixer": {"time": 2, "memory": 2},
+    "variable_memory_mixer": {"time": 2, "memory": 2},
+    "memory_mixer": {"time": 2, "memory": 2},
+    "variable_memory_transformer": {"time": 2, "memory": 1},
+}
+# Slack for a slope fitted over a short range (constant costs flatten the start): above order + SLACK is reported.
+SLACK = 0.25
+
+
+def build(architecture: str, length: int) -> torch.nn.Module:
+    """A small random model of `architecture` that reads `length` tokens (fixed-context models are built for it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import memory_zoo
+
+    torch.manual_seed(0)
+    if architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
+                                            num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                            max_position_embeddings=length))
+    chunks = 4
+    configs = {
+        "lswt": lambda: memory_zoo.LSWTConfig(vocab_size=VOCAB, embedding_size=HIDDEN, hidden_size=HIDDEN,
+                                              intermediate_size=4 * HIDDEN, num_attention_heads=HEADS,
+                                              num_hidden_layers=LAYERS, max_position_embeddings=length,
+                                              use_kernels=False),
+        "memory_layers": lambda: memory_zoo.MemoryLayersConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+            memory_layers=[1], memory_n_keys=64, memory_k_dim=HIDDEN, max_position_embeddings=length,
+            use_kernels=False),
+        "memory_mosaics": lambda: memory_zoo.MemoryMosaicsConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+            pmem_size=4 * HIDDEN, block_size=length, use_kernels=False),
+        "masked_mixer": lambda: memory_zoo.MaskedMixerConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, max_position_embeddings=length,
+            use_kernels=False),
+        "variable_memory_mixer": lambda: memory_zoo.VariableMemoryMixerConfig(
+            vocab_size=VOCAB, encoder_hidden_size=HIDDEN, hidden_size=HIDDEN, encoder_layers=1, decoder_layers=1,
+            chunk_length=length // chunks, num_chunks=chunks, compression=1, use_kernels=False),
+        "memory_mixer": lambda: memory_zoo.MemoryMixerConfig(
+            vocab_size=VOCAB, encoder_hidden_size=HIDDEN, hidden_size=HIDDEN, encoder_layers=1, decoder_layers=1,
+            chunk_length=length // chunks, compression=1, memory_source="previous_chunk", use_kernels=False),
+        "variable_memory_transformer": lambda: memory_zoo.VariableMemoryTransformerConfig(
+            vocab_size=VOCAB, chunk_length=length // chunks, num_chunks=chunks,
+            encoder_config=dict(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=1,
+                                num_attention_heads=HEADS),
+            decoder_config=dict(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=1,
+                                num_attention_heads=HEADS)),
+    }
+    config = configs[architecture]()
+    record = memory_zoo.architectures.architecture(config.model_type)
+    return record.model_class("AutoModelForCausalLM")(config)
+
+
+def measure(cell: dict) -> dict:
+    """Time and peak memory of `cell["repeats"]` forward + backward steps (median time, largest peak)."""
+    model = build(cell["architecture"], cell["length"]).train()
+    ids = torch.randint(3, VOCAB, (1, cell["length"]), generator=torch.Generator().manual_seed(0))
+    times, peaks = [], []
+    for _ in range(cell["repeats"] + 1):  # the first step warms up (allocator, lazy initialisation)
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        method, baseline, _ = mark_peak(False)
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        times.append(time.perf_counter() - start)
+        peaks.append(read_peak(method) - baseline)
+    return {"status": "ok", "seconds": statistics.median(times[1:]), "peak_bytes": int(max(peaks[1:])),
+            "peak_method": method}
+
+
+def fit(lengths: list[int], values: list[float]) -> float | None:
+    """Least-squares slope of log(value) against log(length); None with fewer than two positive points."""
+    points = [(math.log(x), math.log(y)) for x, y in zip(lengths, values, strict=True) if y and y > 0]
+    if len(points) < 2:
+        return None
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    return (sum((x - mean_x) * (y - mean_y) for x, y in points)
+            / sum((x - mean_x) ** 2 for x, _ in points))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, quantity, field, unit in ((axes[0], "time", "seconds", "s"), (axes[1], "memory", "peak_bytes", "MiB")):
+        for architecture, row in report["architectures"].items():
+            cells = [c for c in row["cells"] if c["status"] == "ok"]
+            if not cells:
+                continue
+            scale = 1 if unit == "s" else 2**20
+            slope = row["slopes"][quantity]
+            ax.loglog([c["length"] for c in cells], [max(c[field], 1) / scale for c in cells], marker="o",
+                      label=f"{architecture} ({'-' if slope is None else format(slope, '.2f')})")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(f"forward + backward {quantity} ({unit})")
+        ax.set_title(f"{quantity}: log-log slope in the legend")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--architectures", nargs="+", default=sorted(ORDER), choices=sorted(ORDER))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="lengths 64 and 128, one repeat, in this process")
+    parser.add_argument("--output", type=Path, default=RESULTS / "slopes.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker), measure)), flush=True)
+        return 0
+    if args.quick:
+        args.lengths, args.repeats = [64, 128], 1
+    report = {"machine": machine_info("cpu"), "settings": {
+        "hidden_size": HIDDEN, "layers": LAYERS, "heads": HEADS, "batch": 1, "repeats": args.repeats,
+        "threads": args.threads, "lengths": args.lengths, "cells": "in-process" if args.quick else "one worker each",
+        "kernels": "off (pure torch)"}, "architectures": {}}
+    for architecture in args.architectures:
+        cells = []
+        for length in args.lengths:
+            cell = {"architecture": architecture, "length": length, "repeats": args.repeats, "device": "cpu",
+                    "threads": args.threads, "in_process": args.quick, "worker_timeout": 1800}
+            result = {**cell, **run_cell(cell, measure, __file__)}
+            cells.append(result)
+            shown = (f"{result['seconds'] * 1e3:9.1f} ms {result['peak_bytes'] / 2**20:9.1f} MiB"
+                     if result["status"] == "ok" else result["status"])
+            print(f"{architecture:28s} T={length:5d}  {shown}", flush=True)
+        ok = [c for c in cells if c["status"] == "ok"]
+        slopes = {"time": fit([c["length"] for c in ok], [c["seconds"] for c in ok]),
+                  "memory": fit([c["length"] for c in ok], [c["peak_bytes"] for c in ok])}
+        order = ORDER[architecture]
+        above = [q for q, s in slopes.items() if s is not None and s > order[q] + SLACK]
+        report["architectures"][architecture] = {"cells": cells, "slopes": slopes, "order": order,
+                                                 "above_order": above}
+    print("\nlog-log slopes (time; peak memory) against the architecture's order:")
+    for architecture, row in report["architectures"].items():
+        shown = {q: "-" if v is None else format(v, ".2f") for q, v in row["slopes"].items()}
+        flag = f"   ABOVE ORDER: {', '.join(row['above_order'])}" if row["above_order"] else ""
+        print(f"  {architecture:28s} time {shown['time']:>5} (order {row['order']['time']})  memory "
+              f"{shown['memory']:>5} (order {row['order']['memory']}){flag}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.output.with_suffix(".png"))
+    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
