@@ -278,3 +278,36 @@ def test_without_a_usable_kernel_the_model_falls_back_after_one_log_line(caplog,
             torch.testing.assert_close(model(input_ids).logits, reference(input_ids).logits, atol=0, rtol=0)
     lines = [r.getMessage() for r in caplog.records if "leaky_average" in r.getMessage()]
     assert lines == ["memory-zoo: leaky_average kernel not used (tensors on cpu); running the pure-torch path."]
+
+
+def test_blockwise_dropout_read_is_sdpa_and_replays_its_dropout_mask():
+    """The CPU read-out with dropout (blocks of query rows, recomputed in the backward) is SDPA's causal read: equal
+    without dropout, and with dropout its gradients are those of the same blocks kept whole (the mask is replayed)."""
+    from memory_zoo.modeling.modeling_memory_mosaics import causal_read_with_dropout
+
+    q, k, v = (torch.randn(1, 2, 300, 8, requires_grad=True) for _ in range(3))
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+    blocks = causal_read_with_dropout(q, k, v, 0.0, block=64)
+    torch.testing.assert_close(blocks, plain, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad(blocks.square().sum(), (q, k, v)),
+                         torch.autograd.grad(plain.square().sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    def unchecked(dropout: float) -> torch.Tensor:  # the same blocks, the same random draws, nothing recomputed
+        parts = []
+        for start in range(0, 300, 64):
+            stop = min(start + 64, 300)
+            mask = torch.ones(stop - start, stop, dtype=torch.bool).tril(start)
+            parts.append(torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], attn_mask=mask, dropout_p=dropout, scale=1.0))
+        return torch.cat(parts, dim=2)
+
+    torch.manual_seed(3)
+    dropped = causal_read_with_dropout(q, k, v, 0.3, block=64)
+    grads = torch.autograd.grad(dropped.square().sum(), (q, k, v))
+    torch.manual_seed(3)
+    reference = unchecked(0.3)
+    torch.testing.assert_close(dropped, reference)
+    assert not torch.allclose(dropped, plain)  # dropout did act
+    for got, want in zip(grads, torch.autograd.grad(reference.square().sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -40,6 +41,8 @@ logger = logging.get_logger(__name__)
 
 # Every per-head scalar parameter is multiplied by this before use (research `exp_param_scale`).
 PARAM_SCALE = 10.0
+# Query rows per block of the CPU read-out with dropout (see `causal_read_with_dropout`).
+READ_BLOCK = 512
 # Key temperatures are clamped at exp(5) before use (research `kernel_beta_upbound`: keeps fp16 scores finite).
 KERNEL_BETA_MAX = 5.0
 
@@ -299,6 +302,11 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         if readable == 0:
             weights = queries.new_zeros(batch, heads, length, 0) if output_attentions else None
             return queries.new_zeros(batch, heads, length, dim), weights
+        blockwise = (dropout > 0 and not output_attentions and queries.device.type == "cpu"
+                     and torch.is_grad_enabled() and length - shift > READ_BLOCK)
+        if step.read_allowed is None and blockwise:
+            out = causal_read_with_dropout(queries[:, :, shift:], keys[:, :, :readable], values, dropout)
+            return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2), None
         if step.read_allowed is None:
             # Query t reads keys 0 .. t - shift: an ordinary causal problem on rows shift.. (flash/SDPA friendly).
             out = attend(
@@ -314,6 +322,29 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         out, weights = out if output_attentions else (out, None)
         has_any = step.read_has_any.to(out.dtype)
         return out * has_any, None if weights is None else weights * has_any
+
+
+def causal_read_with_dropout(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, dropout: float,
+                             block: int = READ_BLOCK) -> torch.Tensor:
+    """`SDPA(queries, keys, values, is_causal=True, dropout_p=dropout, scale=1)` for a square causal read, in blocks.
+
+    With dropout, SDPA has no fused CPU kernel and materialises every `T x T` probability (and keeps it for the
+    backward): the read-out's memory grew quadratically with T (benchmarks/slopes.py). Here blocks of `block` query
+    rows each read the keys up to their last row, and each block is recomputed in the backward pass (activation
+    checkpointing replays the same dropout mask), so at most `block x T` probabilities exist at a time.
+    """
+    length = queries.shape[-2]
+    outputs = []
+    for start in range(0, length, block):
+        stop = min(start + block, length)
+        mask = torch.ones(stop - start, stop, dtype=torch.bool, device=queries.device).tril(start)
+
+        def part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout, scale=1.0)
+
+        outputs.append(checkpoint(part, queries[:, :, start:stop], keys[:, :, :stop], values[:, :, :stop],
+                                  use_reentrant=False))
+    return torch.cat(outputs, dim=2)
 
 
 class MemoryMosaicsPersistentMemory(MemoryMosaicsAssociativeMemory):
