@@ -331,7 +331,7 @@ class LSWTModel(LSWTPreTrainedModel):
         if self.gradient_checkpointing and self.training and cache is not None:
             raise ValueError("Gradient checkpointing cannot carry an XL memory through the checkpointed blocks; "
                              "train segments without cache, or turn activation checkpointing off.")
-        cache = resolve_cache(self, cache, use_cache, LSWTCache, "the XL memory")
+        cache = resolve_cache(self, cache, use_cache, "the XL memory")
         states_mode = self.training and self.config.recompute_kv
         if cache is not None:
             if cache.get_seq_length() == 0:

@@ -356,7 +356,7 @@ class MaskedMixerModel(EmbeddingMixin, MaskedMixerPreTrainedModel):
             of each position pair, zero where a position may not read another (see `MaskedMixerTokenMixer`).
         """
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
-        cache = resolve_cache(self, cache, use_cache, MaskedMixerCache, "the mixer's state")
+        cache = resolve_cache(self, cache, use_cache, "the mixer's state")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -30,12 +30,13 @@ from .modeling_masked_mixer import MaskedMixerCache, MaskedMixerModel, MaskedMix
 from .zoo_attention import recorded_weights
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
+    attentions_requested,
     cached_pass_weights,
     chunk_pieces,
     chunked_causal_loss,
     memory_slots,
     parallel_pass_weights,
-    refuse_chunkwise_outputs,
+    refuse_hidden_states,
     require_input_ids,
 )
 from .zoo_forward import kept_positions, resolve_cache
@@ -130,11 +131,6 @@ def recorded_mixing(decoder: MaskedMixerModel, enabled: bool) -> Iterator[list[t
             yield recorded
     finally:
         decoder.config.output_attentions = asked
-
-
-def attentions_requested(model: nn.Module, kwargs: dict) -> bool:
-    value = kwargs.get("output_attentions")
-    return bool(value if value is not None else model.config.output_attentions)
 
 
 def walk_chunks(
@@ -309,8 +305,8 @@ class VariableMemoryMixerForCausalLM(VariableMemoryMixerPreTrainedModel, Generat
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        refuse_chunkwise_outputs(self, kwargs)
-        cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "memories of earlier chunks")
+        refuse_hidden_states(self, kwargs)
+        cache = resolve_cache(self, cache, use_cache, "memories of earlier chunks")
         past = cache.tokens_seen if cache is not None else 0
         self._check_length(past + input_ids.shape[1])
         _right_padded_only(attention_mask, past + input_ids.shape[1])
@@ -461,7 +457,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or `torch.Tensor`): compute logits only for the last `n` positions (0 = all).
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        refuse_chunkwise_outputs(self, kwargs)
+        refuse_hidden_states(self, kwargs)
         config = self.config
         if config.memory_source == "window":
             if input_ids.shape[1] > config.chunk_length:
@@ -472,7 +468,7 @@ class MemoryMixerForCausalLM(MemoryMixerPreTrainedModel, GenerationMixin):
                 )
             cache = None
         else:
-            cache = resolve_cache(self, cache, use_cache, MemoryMixerCache, "the memory of the last chunk")
+            cache = resolve_cache(self, cache, use_cache, "the memory of the last chunk")
         past = cache.tokens_seen if cache is not None else 0
         _right_padded_only(attention_mask, past + input_ids.shape[1])
         output_attentions = attentions_requested(self, kwargs)

@@ -552,7 +552,7 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
             token `u + value_shift` on (see `MemoryMosaicsContextMemory.read`); the persistent memory has none.
         """
         inputs_embeds = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)
-        cache = resolve_cache(self, cache, use_cache, MemoryMosaicsCache, "the leaky averages")
+        cache = resolve_cache(self, cache, use_cache, "the leaky averages")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -41,6 +41,7 @@ from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, cache_argument
 from .zoo_compression import (
     AutoencoderOutput,
+    attentions_requested,
     cached_pass_weights,
     chunk_pieces,
     chunked_causal_loss,
@@ -586,14 +587,13 @@ class VariableMemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, Gen
             given position indices.
         """
         require_input_ids(self, input_ids, inputs_embeds)
-        output_attentions = kwargs.get("output_attentions")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_attentions = attentions_requested(self, kwargs)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         if use_cache is None and cache is None and self.training:
             use_cache = False
-        cache = resolve_cache(self, cache, use_cache, VariableMemoryTransformerCache, "the chunk memories")
+        cache = resolve_cache(self, cache, use_cache, "the chunk memories")
         past = cache.seen_tokens if cache is not None else 0
         limit = self.config.context_length
         if past + input_ids.shape[1] > limit:

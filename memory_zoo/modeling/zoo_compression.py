@@ -48,15 +48,21 @@ def require_input_ids(model, input_ids: torch.Tensor | None, inputs_embeds: torc
     check_model_inputs(model, input_ids)
 
 
-def refuse_chunkwise_outputs(model, kwargs: dict, names: tuple[str, ...] = ("output_hidden_states",)) -> None:
-    """Refuse `output_hidden_states` (or the other `names`) where a memory model does not return it, rather than
-    silently return None."""
-    for name in names:
-        if kwargs.get(name) or (kwargs.get(name) is None and getattr(model.config, name, False)):
-            raise ValueError(
-                f"{type(model).__name__} does not return {name.removeprefix('output_')}: its decoder runs chunk by chunk "
-                f"and only the logits are assembled. Call it without {name}=True (and set config.{name} = False)."
-            )
+def refuse_hidden_states(model, kwargs: dict) -> None:
+    """Refuse `output_hidden_states` where a memory mixer does not return it, rather than silently return None."""
+    if kwargs.get("output_hidden_states") or (kwargs.get("output_hidden_states") is None
+                                              and model.config.output_hidden_states):
+        raise ValueError(
+            f"{type(model).__name__} does not return hidden_states: its decoder runs chunk by chunk and only the "
+            "logits are assembled. Call it without output_hidden_states=True (and set config.output_hidden_states = "
+            "False)."
+        )
+
+
+def attentions_requested(model, kwargs: dict) -> bool:
+    """Whether a memory model's forward must return attentions (its `output_attentions` travels in `**kwargs`)."""
+    value = kwargs.get("output_attentions")
+    return bool(value if value is not None else model.config.output_attentions)
 
 
 def chunk_pieces(past: int, new_tokens: int, chunk_length: int) -> list[int]:
@@ -154,12 +160,13 @@ def memory_slots(memories: torch.Tensor | None, slots: int, fill: float, like: t
 
 __all__ = [
     "AutoencoderOutput",
+    "attentions_requested",
     "cached_pass_weights",
     "chunk_pieces",
     "chunked_causal_loss",
     "memory_slots",
     "parallel_pass_weights",
-    "refuse_chunkwise_outputs",
+    "refuse_hidden_states",
     "require_input_ids",
     "unroll_memory",
 ]

@@ -19,12 +19,14 @@ def embed_inputs(
     return embeddings(input_ids)  # their shape, dtype and range were checked on entry (zoo_inputs)
 
 
-def resolve_cache(model: PreTrainedModel, cache, use_cache: bool | None, cache_class: type, state: str):
-    """The cache a forward pass uses: `None` without caching, else `cache` or a new `cache_class(config)`.
+def resolve_cache(model: PreTrainedModel, cache, use_cache: bool | None, state: str):
+    """The cache a forward pass uses: `None` without caching, else `cache` or a new `model._cache_class(config)` (the
+    class `generate` builds up front too, see `ZooPreTrainedModel`).
 
     Caching is off during training with gradient checkpointing. A cache of another class is refused (`state` says
     what it could not hold), since silently starting over would drop the model's memory.
     """
+    cache_class = type(model)._cache_class
     use_cache = use_cache if use_cache is not None else model.config.use_cache
     if getattr(model, "gradient_checkpointing", False) and model.training:
         use_cache = False
