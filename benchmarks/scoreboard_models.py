@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers import LlamaConfig
 
 from memory_zoo import (
     ARCHITECTURES,
@@ -83,6 +84,16 @@ CONFIGS: dict[str, Callable[[int, int, int, int], object]] = {
 }
 
 
+YARDSTICK = "llama"  # the model a user would pick instead: transformers' LlamaForCausalLM, research Llama settings
+
+
+def yardstick(hidden: int, layers: int, context: int, vocab: int) -> nn.Module:
+    """A `LlamaForCausalLM` of the width and depth the zoo's models get (heads of 64 features, MLP 4 x wide)."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**_llama(hidden, layers, vocab, context)))
+
+
 def model_class(model_type: str) -> type:
     """The class the scoreboard uses: the causal LM, or the AutoModel class of an autoencoder."""
     for config, base, causal in ARCHITECTURES:
@@ -143,5 +154,5 @@ def build(model_type: str, params: int, context: int, vocab: int, seed: int = 0,
     return model, {"hidden": hidden, "layers": layers, "context": context, "parameters": count_parameters(model)}
 
 
-__all__ = ["AUTOENCODERS", "CONFIGS", "REFERENCE_CONTEXT", "build", "count_parameters", "depth_for", "model_class",
-           "width_for"]
+__all__ = ["AUTOENCODERS", "CONFIGS", "REFERENCE_CONTEXT", "YARDSTICK", "build", "count_parameters", "depth_for",
+           "model_class", "width_for", "yardstick"]

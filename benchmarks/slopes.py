@@ -7,7 +7,7 @@ high-water mark reset right before the step; `bench_common.run_cell`). Then, per
 slope of log(time) and of log(peak memory) against log(length): 1 is linear, 2 quadratic. Each architecture has an
 order it cannot beat (`ORDER`: linear for leaky averages, chunked memories and product-key lookups; quadratic where
 the model itself is, for in-context reads over all past tokens or L x L mixing); a slope clearly above it is a hidden
-quadratic to find. Kernels are off (`use_kernels=False`): this is the path every CPU and every fallback runs.
+quadratic to find. On the CPU no kernel loads: this is the pure-torch path every CPU and every fallback runs.
 
     python benchmarks/slopes.py                      # writes benchmarks/results/slopes.json and slopes.png
     python benchmarks/slopes.py --quick --output /tmp/slopes.json     # seconds: short lengths, in-process
@@ -29,13 +29,14 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import scoreboard_models  # noqa: E402
 from bench_common import RESULT_TAG, machine_info, mark_peak, read_peak, run_cell, run_worker  # noqa: E402
+from scoreboard_models import YARDSTICK, yardstick  # noqa: E402
 
 RESULTS = ROOT / "results"
 VOCAB = 512
-HIDDEN = 128
-LAYERS = 2
-HEADS = 2
+HIDDEN = 128  # two heads of 64 features
+LAYERS = 2  # two-stack models: one block per stack
 # The growth of a training step no implementation of the architecture can avoid, as a log-log slope of time and of
 # memory against the sequence length (1 linear, 2 quadratic). Attention reads every past token (time quadratic; its
 # memory stays linear with SDPA's fused kernels); L x L mixing is quadratic in both (the matrices themselves).
@@ -57,48 +58,12 @@ FIT_POINTS = 3
 
 
 def build(architecture: str, length: int) -> torch.nn.Module:
-    """A small random model of `architecture` that reads `length` tokens (fixed-context models are built for it)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    import memory_zoo
-
+    """A small random model of `architecture` (or the Llama yardstick) that reads `length` tokens, configured as the
+    scoreboard configures it (`scoreboard_models`; fixed-context models are built for `length`)."""
     torch.manual_seed(0)
-    if architecture == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-                                            num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                            max_position_embeddings=length))
-    chunks = 4
-    configs = {
-        "lswt": lambda: memory_zoo.LSWTConfig(vocab_size=VOCAB, embedding_size=HIDDEN, hidden_size=HIDDEN,
-                                              intermediate_size=4 * HIDDEN, num_attention_heads=HEADS,
-                                              num_hidden_layers=LAYERS, max_position_embeddings=length,
-                                              use_kernels=False),
-        "memory_layers": lambda: memory_zoo.MemoryLayersConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-            memory_layers=[1], memory_n_keys=64, memory_k_dim=HIDDEN, max_position_embeddings=length,
-            use_kernels=False),
-        "memory_mosaics": lambda: memory_zoo.MemoryMosaicsConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-            pmem_size=4 * HIDDEN, block_size=length, use_kernels=False),
-        "masked_mixer": lambda: memory_zoo.MaskedMixerConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, max_position_embeddings=length,
-            use_kernels=False),
-        "variable_memory_mixer": lambda: memory_zoo.VariableMemoryMixerConfig(
-            vocab_size=VOCAB, encoder_hidden_size=HIDDEN, hidden_size=HIDDEN, encoder_layers=1, decoder_layers=1,
-            chunk_length=length // chunks, num_chunks=chunks, compression=1, use_kernels=False),
-        "memory_mixer": lambda: memory_zoo.MemoryMixerConfig(
-            vocab_size=VOCAB, encoder_hidden_size=HIDDEN, hidden_size=HIDDEN, encoder_layers=1, decoder_layers=1,
-            chunk_length=length // chunks, compression=1, memory_source="previous_chunk", use_kernels=False),
-        "variable_memory_transformer": lambda: memory_zoo.VariableMemoryTransformerConfig(
-            vocab_size=VOCAB, chunk_length=length // chunks, num_chunks=chunks,
-            encoder_config=dict(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=1,
-                                num_attention_heads=HEADS),
-            decoder_config=dict(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=1,
-                                num_attention_heads=HEADS)),
-    }
-    config = configs[architecture]()
-    record = memory_zoo.architectures.architecture(config.model_type)
-    return record.model_class("AutoModelForCausalLM")(config)
+    if architecture == YARDSTICK:
+        return yardstick(HIDDEN, LAYERS, length, VOCAB)
+    return scoreboard_models._instantiate(architecture, HIDDEN, LAYERS, length, VOCAB, device="cpu")
 
 
 def measure(cell: dict) -> dict:
@@ -169,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.lengths, args.repeats = [64, 128], 1
     report = {"machine": machine_info("cpu"), "settings": {
-        "hidden_size": HIDDEN, "layers": LAYERS, "heads": HEADS, "batch": 1, "repeats": args.repeats,
+        "hidden_size": HIDDEN, "layers": LAYERS, "configs": "benchmarks/scoreboard_models.py", "batch": 1, "repeats": args.repeats,
         "threads": args.threads, "lengths": args.lengths, "cells": "in-process" if args.quick else "one worker each",
-        "kernels": "off (pure torch)"}, "architectures": {}}
+        "kernels": "none on the CPU (pure torch)"}, "architectures": {}}
     for architecture in args.architectures:
         cells = []
         for length in args.lengths:
