@@ -207,3 +207,54 @@ def test_config_defaults_are_the_research_tinystories_model():
     model = MaskedMixerForCausalLM(config)
     # 2 V D + depth (4D + 8D^2 + 5D + L^2 + L), the research parameter count of LanguageMixer(4096, 1024, 8)
     assert sum(p.numel() for p in model.parameters()) == 77_672_448
+
+
+@pytest.mark.parametrize("taps", [False, True])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_pure_torch_mixing_matches_reference_values_and_gradients(taps, offset):
+    from memory_zoo.ops import masked_mixing_reference, masked_mixing_torch
+
+    generator = torch.Generator().manual_seed(0)
+    heads, kernel, queries, keys, width = 2, 3, 5, 8, 4
+    taps_shape = (kernel,) if taps else ()
+    rows = torch.randn(heads, *taps_shape, queries, keys, generator=generator, requires_grad=True)
+    inputs = torch.randn(3, heads, *taps_shape, keys, width, generator=generator, requires_grad=True)
+    bias = None if taps else torch.randn(heads, queries, generator=generator, requires_grad=True)
+    results = []
+    for function in (masked_mixing_reference, masked_mixing_torch):
+        out = function(rows, inputs, bias, offset)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        grads = [t.grad.clone() for t in (rows, inputs, bias) if t is not None]
+        for t in (rows, inputs, bias):
+            if t is not None:
+                t.grad = None
+        results.append((out.detach(), *grads))
+    for reference, lean in zip(*results, strict=True):
+        torch.testing.assert_close(lean, reference, rtol=1e-6, atol=1e-6)
+    # the masked half gets no gradient, as with the reference
+    assert torch.count_nonzero(torch.triu(results[1][1], diagonal=offset + 1)) == 0
+
+
+def saved_copies_of(weight: torch.Tensor, run, parameters=()) -> int:
+    """Bytes of `weight`-shaped tensors the autograd graph of `run()` saves that are not parameters' own storage."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        run()
+    own = {p.untyped_storage().data_ptr() for p in (weight, *parameters)}
+    return sum(t.nbytes for t in saved if t.numel() >= weight[0].numel() and t.untyped_storage().data_ptr() not in own
+               and t.shape[-2:] == weight.shape[-2:])
+
+
+def test_backward_keeps_no_masked_copy_of_the_mixing_matrices():
+    """The research code masked its parameters in place; autograd of `matmul(tril(W), x)` would keep a masked copy
+    of every block's `L x L` matrices until the backward (the op keeps `W` itself instead)."""
+    from memory_zoo.ops import masked_mixing_reference, masked_mixing_torch
+
+    weight = torch.randn(2, 16, 16, requires_grad=True)
+    inputs = torch.randn(1, 2, 16, 4, requires_grad=True)
+    assert saved_copies_of(weight, lambda: masked_mixing_reference(weight, inputs)) == weight.nbytes  # can fail
+    assert saved_copies_of(weight, lambda: masked_mixing_torch(weight, inputs)) == 0
+    model = tiny_model().train()
+    mix = model.model.layers[0].token_mixer.mix.weight
+    x = ids(2, mix.shape[-1])
+    assert saved_copies_of(mix, lambda: model(x, labels=x).loss, model.parameters()) == 0

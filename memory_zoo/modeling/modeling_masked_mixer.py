@@ -29,7 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import can_return_tuple, logging
 
 from ..configuration.configuration_masked_mixer import MaskedMixerConfig
-from ..ops.masked_mixing import masked_mixing
+from ..ops.masked_mixing import masked_mixing, tril_matmul
 from .zoo_attention import recorded_weights
 from .zoo_common import ZooPreTrainedModel
 from .zoo_compat import ZooCausalLMOutput, ZooModelOutput
@@ -141,7 +141,7 @@ class MaskedMixerPositionMixing(nn.Module):
             bias = self.bias[:, start:key_length] if self.bias is not None else None
             if not taps:
                 return masked_mixing(rows, inputs, bias, start, self.kernel)
-            out = torch.matmul(torch.tril(rows, diagonal=start), values).sum(2)  # K taps: no kernel covers them
+            out = tril_matmul(rows, values, start).sum(2)  # K taps: no kernel covers them
             return out + bias[..., None] if bias is not None else out
         query, key = positions.query_positions, positions.key_positions
         rows = weight[..., query[:, :, None], key[:, None, :]]  # [H, (K,) B, Tq, Tk]
