@@ -24,11 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scoreboard_efficiency  # noqa: E402
 from bench_common import load_average, machine_info  # noqa: E402
-
-from memory_zoo import ARCHITECTURES  # noqa: E402
+from scoreboard_models import ALL_ARCHITECTURES  # noqa: E402  (the zoo's, then the yardsticks llama and mamba)
 
 PARTS = ("efficiency", "tasks")
-ALL_ARCHITECTURES = [config.model_type for config, _, _ in ARCHITECTURES]
 RESULTS = Path(__file__).resolve().parent / "results" / "scoreboard"
 
 

@@ -36,6 +36,7 @@ from bench_common import RESULT_TAG, fmt_bytes, mark_peak, read_peak, run_cell, 
 from scoreboard_models import (  # noqa: E402
     AUTOENCODERS,
     MEMORY_CHUNKS,
+    YARDSTICK,
     _instantiate,
     build,
     count_parameters,
@@ -213,7 +214,10 @@ def measure(cell: dict) -> dict:
         peak = read_peak(method) - baseline
         cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24, `past_key_values` before
         cache_total = tensor_bytes(cache)
-        cache_positions = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
+        try:
+            cache_positions = cache.get_seq_length()
+        except (AttributeError, ValueError):  # a recurrent cache (Mamba's) holds states, not positions
+            cache_positions = None
         generated = out.sequences.shape[1] - ids.shape[1]
         del out, cache
         full = _timed(lambda: generate(new), cell["repeats"], warmup)
@@ -295,6 +299,7 @@ def run(args: argparse.Namespace, architectures: list[str]) -> dict:
                       f"{row['cell_seconds']:.1f} s{note}", flush=True)
     results = {"settings": settings, "cells": cells, "total_seconds": time.perf_counter() - start}
     results["slopes"] = slopes(results)
+    results["ratios"] = ratios(results)
     return results
 
 
@@ -335,6 +340,33 @@ def slopes(results: dict) -> dict:
                           if r["kind"] == kind and r.get(field)]
                 if any(r["kind"] == kind for r in results["cells"] if r["architecture"] == architecture):
                     per_arch[architecture][name] = _fit(points)
+    return out
+
+
+# Figures compared with the yardstick's at the same budget and context: name -> (kind, field). Ratios are ours /
+# Llama's: above 1 is faster (tokens/s) or bigger (bytes).
+RATIO_FIELDS = {
+    "train_tokens_per_s": ("train", "tokens_per_s"),
+    "train_peak_bytes": ("train", "peak_bytes"),
+    "decode_tokens_per_s": ("generate", "decode_tokens_per_s"),
+    "cache_bytes_per_sequence": ("generate", "cache_bytes_per_sequence"),
+}
+
+
+def ratios(results: dict) -> dict:
+    """Every architecture's figures divided by the yardstick's (`YARDSTICK`, Llama) at the same budget and context:
+    `{budget: {architecture: {quantity: {context: ratio}}}}`; empty where the yardstick was not run."""
+    ok = [r for r in results["cells"] if r["status"] == "ok"]
+    reference = {(r["budget"], r["kind"], r["context"]): r for r in ok if r["architecture"] == YARDSTICK}
+    out: dict = {}
+    for row in ok:
+        if row["architecture"] == YARDSTICK:
+            continue
+        for name, (kind, field) in RATIO_FIELDS.items():
+            base = reference.get((row["budget"], kind, row["context"]), {}).get(field)
+            if row["kind"] == kind and row.get(field) and base:
+                quantity = out.setdefault(row["budget"], {}).setdefault(row["architecture"], {}).setdefault(name, {})
+                quantity[str(row["context"])] = row[field] / base
     return out
 
 
@@ -393,6 +425,22 @@ def report(results: dict) -> str:
                          f"{_num(s.get('generate_peak_bytes'), '+.2f'):>8} "
                          f"{_num(s.get('cache_bytes_per_sequence'), '+.2f'):>6} "
                          f"{_num(s.get('autoencode_time_per_token'), '+.2f'):>13}")
+    fitted_ratios = results.get("ratios") or ratios(results)
+    if fitted_ratios:
+        lines.append("")
+        lines.append(f"ratios to the matched {YARDSTICK} (same budget and context; tokens/s: above 1 is faster, "
+                     f"bytes: above 1 is more)")
+        header = f"{'budget':>6} {'architecture':<28} {'quantity':<26} " + " ".join(
+            f"{'@' + c:>7}" for c in sorted({c for per in fitted_ratios.values() for q in per.values()
+                                            for v in q.values() for c in v}, key=int))
+        contexts = header.split()[3:]
+        lines.append(header)
+        lines.append("-" * len(header))
+        for budget, per_arch in fitted_ratios.items():
+            for architecture, quantities in per_arch.items():
+                for name, by_context in quantities.items():
+                    lines.append(f"{budget:>6} {architecture:<28} {name:<26} " + " ".join(
+                        f"{_num(by_context.get(c[1:]), '.2f'):>7}" for c in contexts))
     skipped = [r for r in cells if r["status"] != "ok"]
     if skipped:
         lines.append("")
@@ -475,7 +523,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-__all__ = ["add_arguments", "measure", "parse_budget", "plot", "report", "run", "slopes"]
+__all__ = ["add_arguments", "measure", "parse_budget", "plot", "ratios", "report", "run", "slopes"]
 
 
 if __name__ == "__main__":  # worker process of `run_cell`

@@ -5,6 +5,11 @@ parameter count *outside the token embeddings and output head* is as close as th
 built for sequences of `context` tokens. Widths move in steps of 64 (one attention / mixing head of 64 features),
 depth is fixed per budget (`depth_for`), so every architecture gets the same depth and a width that spends the budget.
 
+Besides the zoo's architectures, `YARDSTICKS` are the models a user would pick instead, built the same way and
+reported in every table: transformers' `LlamaForCausalLM` (research Llama settings, heads of 64 features) and
+`MambaForCausalLM` (its pure-torch path on the CPU: the sequential selective scan transformers falls back to without
+the `mamba_ssm` kernels).
+
 Fixed-context architectures (the Masked Mixer family) carry `context x context` mixing matrices per block: at long
 contexts those alone exceed small budgets. They are still built at the width the budget would give at a reference
 context (`REFERENCE_CONTEXT`), and the report states their real parameter count, rather than shrinking them to nothing.
@@ -17,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import LlamaConfig
+from transformers import LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
 
 from memory_zoo import (
     ARCHITECTURES,
@@ -81,21 +86,29 @@ CONFIGS: dict[str, Callable[[int, int, int, int], object]] = {
     "variable_memory_transformer": lambda h, n, c, v: VariableMemoryTransformerConfig(
         vocab_size=v, encoder_config=_llama(h, max(1, n // 2), v, c), decoder_config=_llama(h, max(1, n // 2), v, c),
         chunk_length=max(1, c // MEMORY_CHUNKS), num_chunks=MEMORY_CHUNKS),
+    # the yardsticks
+    "llama": lambda h, n, c, v: LlamaConfig(**_llama(h, n, v, c)),
+    # Mamba's defaults (state 16, expand 2, conv 4); tied embeddings as in the Mamba checkpoints
+    "mamba": lambda h, n, c, v: MambaConfig(vocab_size=v, hidden_size=h, num_hidden_layers=n, state_size=16,
+                                            expand=2, conv_kernel=4),
 }
 
-
-YARDSTICK = "llama"  # the model a user would pick instead: transformers' LlamaForCausalLM, research Llama settings
+# model_type -> class of the models a user would pick instead, reported next to the zoo's in every table
+YARDSTICKS: dict[str, type] = {"llama": LlamaForCausalLM, "mamba": MambaForCausalLM}
+YARDSTICK = "llama"  # the one every ratio is taken against
+ZOO_ARCHITECTURES = [config.model_type for config, _, _ in ARCHITECTURES]
+ALL_ARCHITECTURES = ZOO_ARCHITECTURES + list(YARDSTICKS)
 
 
 def yardstick(hidden: int, layers: int, context: int, vocab: int) -> nn.Module:
     """A `LlamaForCausalLM` of the width and depth the zoo's models get (heads of 64 features, MLP 4 x wide)."""
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(LlamaConfig(**_llama(hidden, layers, vocab, context)))
+    return _instantiate(YARDSTICK, hidden, layers, context, vocab, device="cpu")
 
 
 def model_class(model_type: str) -> type:
-    """The class the scoreboard uses: the causal LM, or the AutoModel class of an autoencoder."""
+    """The class the scoreboard uses: the causal LM, the AutoModel class of an autoencoder, or a yardstick's."""
+    if model_type in YARDSTICKS:
+        return YARDSTICKS[model_type]
     for config, base, causal in ARCHITECTURES:
         if config.model_type == model_type:
             return causal or base
@@ -154,5 +167,6 @@ def build(model_type: str, params: int, context: int, vocab: int, seed: int = 0,
     return model, {"hidden": hidden, "layers": layers, "context": context, "parameters": count_parameters(model)}
 
 
-__all__ = ["AUTOENCODERS", "CONFIGS", "REFERENCE_CONTEXT", "YARDSTICK", "build", "count_parameters", "depth_for",
+__all__ = ["ALL_ARCHITECTURES", "AUTOENCODERS", "CONFIGS", "REFERENCE_CONTEXT", "YARDSTICK", "YARDSTICKS",
+           "ZOO_ARCHITECTURES", "build", "count_parameters", "depth_for",
            "model_class", "width_for", "yardstick"]

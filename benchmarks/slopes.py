@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 import scoreboard_models  # noqa: E402
 from bench_common import RESULT_TAG, machine_info, mark_peak, read_peak, run_cell, run_worker  # noqa: E402
-from scoreboard_models import YARDSTICK, yardstick  # noqa: E402
 
 RESULTS = ROOT / "results"
 VOCAB = 512
@@ -42,6 +41,7 @@ LAYERS = 2  # two-stack models: one block per stack
 # memory stays linear with SDPA's fused kernels); L x L mixing is quadratic in both (the matrices themselves).
 ORDER = {
     "llama": {"time": 2, "memory": 1},
+    "mamba": {"time": 1, "memory": 1},  # a recurrence: its pure-torch scan is a Python loop over the tokens
     "lswt": {"time": 2, "memory": 1},
     "memory_layers": {"time": 2, "memory": 1},
     "memory_mosaics": {"time": 2, "memory": 1},
@@ -58,11 +58,9 @@ FIT_POINTS = 3
 
 
 def build(architecture: str, length: int) -> torch.nn.Module:
-    """A small random model of `architecture` (or the Llama yardstick) that reads `length` tokens, configured as the
+    """A small random model of `architecture` (or a yardstick) that reads `length` tokens, configured as the
     scoreboard configures it (`scoreboard_models`; fixed-context models are built for `length`)."""
     torch.manual_seed(0)
-    if architecture == YARDSTICK:
-        return yardstick(HIDDEN, LAYERS, length, VOCAB)
     return scoreboard_models._instantiate(architecture, HIDDEN, LAYERS, length, VOCAB, device="cpu")
 
 

@@ -113,7 +113,7 @@ def test_slopes_benchmark_quick_run_fits_every_architecture(tmp_path):
     assert output.with_suffix(".png").stat().st_size > 0 and "log-log slopes" in result.stdout
     report = json.loads(output.read_text())
     causal_lms = {config.model_type for config, _, causal in memory_zoo.ARCHITECTURES if causal is not None}
-    assert set(report["architectures"]) == causal_lms | {"llama"}  # every causal LM, and the yardstick
+    assert set(report["architectures"]) == causal_lms | {"llama", "mamba"}  # every causal LM, and the yardsticks
     for architecture, row in report["architectures"].items():
         assert [cell["status"] for cell in row["cells"]] == ["ok", "ok"], architecture
         assert row["slopes"]["time"] is not None
@@ -261,7 +261,7 @@ def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
     import json
 
     output_dir = tmp_path / "scoreboard"
-    architectures = ["masked_mixer", "mixer_autoencoder"]
+    architectures = ["masked_mixer", "mixer_autoencoder", "llama", "mamba"]  # two of ours, the two yardsticks
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scoreboard.py"), "--quick", "--only", "efficiency",
          "--architectures", *architectures, "--output-dir", str(output_dir)],
@@ -288,6 +288,15 @@ def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
     slopes = efficiency["slopes"]["0.2M"]
     assert slopes["masked_mixer"]["cache_bytes_per_sequence"] is not None
     assert "autoencode_time_per_token" in slopes["mixer_autoencoder"]
+    # every figure also as a ratio to the matched Llama, in the JSON and the printed table
+    ratios = efficiency["ratios"]["0.2M"]
+    assert "llama" not in ratios and set(ratios) == {"masked_mixer", "mixer_autoencoder", "mamba"}
+    for context in ("64", "128"):
+        expected_ratio = (cells[("masked_mixer", "generate", int(context))]["decode_tokens_per_s"]
+                          / cells[("llama", "generate", int(context))]["decode_tokens_per_s"])
+        assert ratios["masked_mixer"]["decode_tokens_per_s"][context] == pytest.approx(expected_ratio)
+        assert ratios["mamba"]["train_tokens_per_s"][context] > 0
+    assert "ratios to the matched llama" in result.stdout
     assert "budget 0.2M non-embedding parameters" in result.stdout and "log-log slopes" in result.stdout
     assert all(architecture in result.stdout for architecture in architectures)
     figures = sorted(p.name for p in output_dir.glob("*.png"))

@@ -88,18 +88,22 @@ def test_run_report_plot_quick(tmp_path):
     parser.add_argument("--quick", action="store_true")
     tasks.add_arguments(parser)
     args = parser.parse_args(["--quick", "--task-steps", "3", "--task-eval-size", "8"])
-    results = tasks.run(args, ["lswt", "mixer_autoencoder"])
+    results = tasks.run(args, ["lswt", "mixer_autoencoder", "llama", "mamba"])  # with the two yardsticks
     results = json.loads(json.dumps(results))  # JSON-serialisable
     assert results["config"]["scale"] == "quick" and results["config"]["steps"] == 3
     cells = {(c["architecture"], c["task"], c["length"]): c for c in results["cells"]}
-    assert len(cells) == 2 * len(tasks.TASKS)  # one quick length
+    assert len(cells) == 4 * len(tasks.TASKS)  # one quick length
     assert cells[("lswt", "reconstruction", 32)]["status"] == "n/a"
     assert cells[("mixer_autoencoder", "mqar", 32)]["status"] == "n/a"
     assert cells[("mixer_autoencoder", "copy", 32)]["status"] == "n/a"
     mqar = cells[("lswt", "mqar", 32)]
     assert mqar["status"] == "ok" and set(mqar["accuracy"]) == {"2", "4"}
     assert all(0 <= a <= 1 for a in mqar["accuracy"].values())
-    for key in (("lswt", "copy", 32), ("mixer_autoencoder", "reconstruction", 32)):
+    for yardstick in ("llama", "mamba"):
+        assert cells[(yardstick, "mqar", 32)]["status"] == "ok"
+        assert cells[(yardstick, "reconstruction", 32)]["status"] == "n/a"
+    for key in (("lswt", "copy", 32), ("mixer_autoencoder", "reconstruction", 32), ("llama", "copy", 32),
+                ("mamba", "copy", 32)):
         assert cells[key]["status"] == "ok" and 0 <= cells[key]["accuracy"] <= 1
         assert cells[key]["parameters"]["non_embedding"] > 0
     text = tasks.report(results)
