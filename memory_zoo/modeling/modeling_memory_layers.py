@@ -66,9 +66,10 @@ class MemoryLayersAttention(nn.Module):
                 output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The attention output and, with `output_attentions`, the weights `[B, heads, new, cached + new]`."""
         batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim)
-        value = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim)
+        # Head counts come from the projections (-1): under tensor parallelism a rank holds a slice of the heads.
+        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim)
+        key = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim)
+        value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim)
         query = apply_interleaved_rotary(query, layout.cos, layout.sin).transpose(1, 2)
         key = apply_interleaved_rotary(key, layout.cos, layout.sin).transpose(1, 2)
         value = value.transpose(1, 2)
