@@ -372,14 +372,19 @@ class MemoryMosaicsPersistentMemory(MemoryMosaicsAssociativeMemory):
             hidden_states = hidden_states * valid_new[..., None].to(hidden_states.dtype)
         keys = self.keys(hidden_states, states, step, new_states)
         dropout = self.read_dropout if self.training else 0.0
+        # Every token of every sequence reads the same tables: the batch joins the query axis ([1, H, B * T, d], a
+        # view of the keys' [B, T, H, d] storage) rather than the tables being expanded to the batch, whose gradients
+        # SDPA would then allocate, zero and sum batch-sized.
+        heads, length = keys.shape[1], keys.shape[2]
+        queries = keys.transpose(0, 1).reshape(1, heads, batch * length, self.head_dim)
         read_out = 0
         for table in range(self.memory_keys.shape[0]):
-            table_shape = (batch, *self.memory_keys.shape[1:])
             read_out = read_out + F.scaled_dot_product_attention(
-                keys, self.memory_keys[table].expand(table_shape), self.memory_values[table].expand(table_shape),
-                dropout_p=dropout, scale=1.0,
+                queries, self.memory_keys[table][None], self.memory_values[table][None], dropout_p=dropout, scale=1.0
             )
-        read_out = read_out / self.memory_keys.shape[0]
+        if self.memory_keys.shape[0] > 1:
+            read_out = read_out / self.memory_keys.shape[0]
+        read_out = read_out.view(heads, batch, length, self.head_dim).transpose(0, 1)
         if cache_layer is not None:
             self.remember_inputs(hidden_states, states, past, self.key_features.context, new_states)
             cache_layer.states.update(new_states)
