@@ -54,7 +54,7 @@ from .modeling import (
     memory_layers_param_groups,
     pool_hidden_states,
 )
-from .modeling.memory_layers_tensor_parallel import parallelize_memory_layers  # noqa: E402
+from .modeling.memory_layers_tensor_parallel import clip_grad_norm_, parallelize_memory_layers  # noqa: E402
 
 # (config class, AutoModel class, AutoModelForCausalLM class or None) of every language-model architecture, and
 # (config class, AutoModel class) of the task models (the retrieval mixer reads embeddings, not tokens): both derived
@@ -121,6 +121,7 @@ __all__ = [
     "VariableMemoryTransformerConfig",
     "VariableMemoryTransformerForCausalLM",
     "VariableMemoryTransformerForSequenceClassification",
+    "clip_grad_norm_",
     "memory_layers_param_groups",
     "parallelize_memory_layers",
     "pool_hidden_states",

@@ -4,15 +4,19 @@
 For every case of `CASES` it builds the same tiny model on every rank, saves rank 0's initial weights, shards it with
 `parallelize_memory_layers` and runs `run_steps` (forward, loss, backward, an optimizer step, greedy generation), then
 writes what it saw to `OUT_DIR/<case>.pt` (rank 0) and the local value-table bytes to `OUT_DIR/<case>.rank<r>.json`.
-The test runs the same `run_steps` on the unsharded model in its own process and compares. `ERROR_CASES` must fail
-with a ValueError; the message goes to `OUT_DIR/<case>.error.txt`.
+`clip_steps` with memory_zoo's `clip_grad_norm_` on a freshly sharded model goes to `OUT_DIR/<case>.clip.pt`, and
+three steps of transformers' Trainer on the `TRAINER_CASE` model to `OUT_DIR/trainer.pt` (per rank: `trainer.rank<r>.json`).
+The test runs the same functions on the unsharded model in its own process (torch's `clip_grad_norm_` there) and
+compares. `ERROR_CASES` must fail with a ValueError; the message goes to `OUT_DIR/<case>.error.txt`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +39,10 @@ CASES: dict[str, tuple[dict, bool]] = {
 }
 # a world size of 2 does not divide a value width of 33
 ERROR_CASES: dict[str, dict] = {"odd_v_dim": dict(memory_v_dim=33)}
+# (norm_type, max_norm) for the clipping check: max_norm well below the tiny models' gradient norms, so it clips
+CLIP_NORMS: list[tuple[float, float]] = [(2.0, 0.25), (math.inf, 0.01)]
+# the case trained with transformers' Trainer (float32 tables, attention and MLPs sharded too)
+TRAINER_CASE = "v_dim_per_layer_gated"
 
 
 def build(overrides: dict) -> MemoryLayersForCausalLM:
@@ -75,6 +83,89 @@ def run_steps(model: MemoryLayersForCausalLM, input_ids: torch.Tensor) -> dict:
                 stepped=stepped, loss_after_step=loss_after_step, tokens=tokens)
 
 
+def clip_steps(model: MemoryLayersForCausalLM, input_ids: torch.Tensor, clip: Callable[..., torch.Tensor]) -> dict:
+    """For each of CLIP_NORMS: fresh gradients, `clip(model.parameters(), max_norm, norm_type)`; the total norm it
+    returned and the clipped gradients (gathered)."""
+    model.train()
+    report = {}
+    for norm_type, max_norm in CLIP_NORMS:
+        model.zero_grad()
+        model(input_ids, labels=input_ids).loss.backward()
+        total = clip(model.parameters(), max_norm, norm_type)
+        report[str(norm_type)] = dict(total=total.detach().clone(), max_norm=max_norm,
+                                      grads={name: full(p.grad) for name, p in model.named_parameters()})
+    model.zero_grad()
+    return report
+
+
+class TokenRows(torch.utils.data.Dataset):
+    """A few random token rows, each its own label (the causal LM shifts them)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.rows = torch.randint(3, vocab_size, (6, 12), generator=torch.Generator().manual_seed(2))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.rows[index], "labels": self.rows[index]}
+
+
+def train_with_trainer(model: MemoryLayersForCausalLM, output_dir: Path) -> dict:
+    """Three steps of transformers' Trainer with its default `max_grad_norm=1.0`: the loss of every step (read off the
+    model's output, the Trainer's log rounds it), the gradient norm the Trainer logged and the trained weights.
+    SGD with a constant rate for a tight comparison (see run_steps); sequential batches so that one process and the
+    tensor-parallel ranks see the same rows in the same order."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=2, optim="sgd", learning_rate=0.1,
+        lr_scheduler_type="constant", logging_steps=1, report_to=[], save_strategy="no", eval_strategy="no",
+        use_cpu=True, train_sampling_strategy="sequential", disable_tqdm=True, seed=0,
+    )
+    losses: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda module, args, out: losses.append(out.loss.detach().clone()))
+    trainer = Trainer(model=model, args=args, train_dataset=TokenRows(model.config.vocab_size))
+    trainer.train()
+    hook.remove()
+    logged = [entry for entry in trainer.state.log_history if "grad_norm" in entry]
+    return dict(losses=torch.stack(losses), grad_norms=[entry["grad_norm"] for entry in logged],
+                weights={name: full(p) for name, p in model.named_parameters()},
+                accelerate_tp_size=getattr(trainer.accelerator.parallelism_config, "tp_size", None),
+                model_type=type(trainer.model_wrapped).__name__)
+
+
+def allow_accelerate_tensor_parallel_on_cpu() -> None:
+    """Let accelerate take a `ParallelismConfig(tp_size=2)` on CPU ranks (gloo), for this test only.
+
+    accelerate 1.16 refuses any ParallelismConfig unless the run is FSDP2, DeepSpeed or `Accelerator.multi_device`,
+    which lists the accelerator types (MULTI_GPU, MULTI_XPU, ...) but not MULTI_CPU (parallelism_config.py,
+    `_validate_accelerator`: "ParallelismConfig is only compatible DistributedType.FSDP (version 2) or
+    DistributedType.Multi{Device} or DistributedType.DEEPSPEED"). What the config sets up for tensor parallelism is
+    device-agnostic (a `tp` mesh, a data loader that hands every tp rank the same batch, no DDP), so this check alone
+    is answered as for a multi-GPU run; a GPU run needs no patch.
+    """
+    from accelerate.parallelism_config import ParallelismConfig
+    from accelerate.utils import DistributedType
+
+    validate = ParallelismConfig._validate_accelerator
+
+    class AsMultiDevice:
+        def __init__(self, accelerator) -> None:
+            self.accelerator = accelerator
+
+        def __getattr__(self, name: str):
+            return getattr(self.accelerator, name)
+
+        multi_device = True
+
+    def validate_on_cpu(self, accelerator) -> None:
+        cpu = accelerator.distributed_type == DistributedType.MULTI_CPU
+        validate(self, AsMultiDevice(accelerator) if cpu else accelerator)
+
+    ParallelismConfig._validate_accelerator = validate_on_cpu
+
+
 def adamw_state_bytes(model: MemoryLayersForCausalLM, input_ids: torch.Tensor) -> dict:
     """One AdamW step (the research optimizer) on the sharded model: the value tables' moments, per rank."""
     model.train()
@@ -99,7 +190,7 @@ def main(out_dir: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-    from memory_zoo import parallelize_memory_layers
+    from memory_zoo import clip_grad_norm_, parallelize_memory_layers
 
     torch.distributed.init_process_group("gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -121,9 +212,23 @@ def main(out_dir: Path) -> None:
         result = run_steps(model, inputs(model.config.vocab_size))
         record["grad_types"] = result["grad_types"]
         record["adamw"] = adamw_state_bytes(model, inputs(model.config.vocab_size))
+        # clipping on a freshly sharded model, so that one process can start from the same (initial) weights
+        clipped = clip_steps(parallelize_memory_layers(build(overrides), mesh, dense=dense),
+                             inputs(model.config.vocab_size), clip_grad_norm_)
+        record["clip_totals"] = {norm: (type(r["total"]).__name__, r["total"].item()) for norm, r in clipped.items()}
         (out_dir / f"{case}.rank{rank}.json").write_text(json.dumps(record))
         if rank == 0:
             torch.save(result, out_dir / f"{case}.pt")
+            torch.save(clipped, out_dir / f"{case}.clip.pt")
+    # the Trainer, on a freshly sharded model
+    allow_accelerate_tensor_parallel_on_cpu()
+    model = parallelize_memory_layers(build(CASES[TRAINER_CASE][0]), mesh, dense=CASES[TRAINER_CASE][1])
+    trained = train_with_trainer(model, out_dir / "trainer")
+    (out_dir / f"trainer.rank{rank}.json").write_text(json.dumps(
+        {"losses": trained["losses"].tolist(), "grad_norms": trained["grad_norms"],
+         "accelerate_tp_size": trained["accelerate_tp_size"], "model_type": trained["model_type"]}))
+    if rank == 0:
+        torch.save(trained, out_dir / "trainer.pt")
     for case, overrides in ERROR_CASES.items():
         try:
             parallelize_memory_layers(build(overrides), mesh)

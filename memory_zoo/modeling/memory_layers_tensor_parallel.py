@@ -23,6 +23,8 @@ table's billion, and splitting the keys would turn the exact local top-k into a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -167,7 +169,85 @@ def parallelize_memory_layers(model: nn.Module, device_mesh, *, dense: bool = Tr
             plan.update({f"{name}.gate_proj": ColwiseParallel(), f"{name}.up_proj": ColwiseParallel(),
                          f"{name}.down_proj": RowwiseParallel()})
     parallelize_module(model, device_mesh, plan)
+    _record_tensor_parallel_degree(model, world)
     return model
 
 
-__all__ = ["parallelize_memory_layers"]
+def _record_tensor_parallel_degree(model: nn.Module, world: int) -> None:
+    """Record the tensor-parallel degree where transformers' `Trainer` and accelerate look for it, as
+    `from_pretrained(distributed_config=DistributedConfig(tp_size=N))` records it for a model transformers sharded.
+
+    Without it the `Trainer` under torchrun takes the ranks for data parallelism: accelerate refuses to wrap a model
+    holding DTensors in DDP, and each rank would get other rows. With it the `Trainer` builds accelerate's
+    `ParallelismConfig(tp_size=N)`: no DDP, every rank gets the same batch, and the loss and token counts are not
+    scaled by the (replicated) ranks. Read by `Trainer.__init__` (`model.tp_size`, and on 5.23+
+    `model.config.distributed_config.dp_size`), `Trainer.get_tp_size` (`model._tp_size`) and accelerate's
+    `get_model_tp_size` (`model.tp_size`). `distributed_config` is not serialized into config.json; transformers'
+    `save_pretrained` reads it too (to gather DTensors with `full_tensor()`, on every rank; not exercised by the tests).
+    """
+    if not hasattr(type(model), "_tp_size"):  # not a transformers PreTrainedModel: nothing reads it
+        return
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # a transformers without DistributedConfig has no Trainer path to join either
+        return
+    model._tp_size = world
+    model.config.distributed_config = DistributedConfig(tp_size=world)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: torch.Tensor | Iterable[torch.Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for a tensor-parallel model, whose gradients mix DTensors (sharded or
+    replicated) and plain tensors, which torch's refuses ("mixed torch.Tensor and DTensor").
+
+    The total norm is the norm of every gradient taken over its full tensor, as one process would compute it: torch's
+    `get_total_norm` over each device mesh's DTensor gradients gives a `Partial` norm for sharded ones, gathered with
+    `full_tensor()` (one small all-reduce), the plain gradients' norm is computed locally (they are the same on
+    every rank), and the per-mesh norms are combined with `get_total_norm` again. Every rank gets the same total and
+    scales all gradients by the same factor with torch's `clip_grads_with_norm_`, so the replicated parameters stay
+    equal across ranks. Every rank must call it (it runs a collective).
+
+    Args:
+        parameters: the parameters (or a single tensor) whose `.grad` to clip, e.g. `model.parameters()`.
+        max_norm: the largest total norm the gradients keep.
+        norm_type: the p of the p-norm, > 0, or `float("inf")` for the largest absolute value.
+        error_if_nonfinite: raise a RuntimeError if the total norm is nan or infinite, as torch's does.
+        foreach: use torch's foreach kernels (None: where supported), as torch's `foreach`.
+
+    Returns:
+        The total norm of the gradients before clipping, a plain (not DTensor) 0-d tensor, equal on every rank.
+    """
+    from torch.distributed.tensor import DTensor
+    from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        # torch combines per-tensor norms as a vector norm, which is wrong for the 0-"norm" (it would count tensors)
+        raise ValueError(f"clip_grad_norm_ supports a norm_type > 0 or inf, got {norm_type}.")
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    # One group per device mesh (None: plain tensors): torch's functions cannot mix DTensors with plain tensors or
+    # DTensors of different meshes in one list, but each group alone is fine.
+    groups: dict[object, list[torch.Tensor]] = {}
+    for parameter in parameters:
+        if parameter.grad is not None:
+            mesh = parameter.grad.device_mesh if isinstance(parameter.grad, DTensor) else None
+            groups.setdefault(mesh, []).append(parameter)
+    norms = []
+    for group in groups.values():
+        norm = get_total_norm([p.grad for p in group], norm_type, foreach=foreach)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    # the p-norm of the per-group p-norms is the p-norm of all the gradients (and the max of maxima for inf)
+    total_norm = get_total_norm(norms, norm_type, error_if_nonfinite, foreach)
+    for group in groups.values():
+        clip_grads_with_norm_(group, max_norm, total_norm, foreach)
+    return total_norm
+
+
+__all__ = ["clip_grad_norm_", "parallelize_memory_layers"]
