@@ -202,7 +202,12 @@ class MaskedMixerTokenMixer(nn.Module):
         inputs = self.in_proj(hidden_states) if self.in_proj is not None else hidden_states
         inputs = inputs.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         has_past = cache_layer is not None and cache_layer.get_seq_length() > 0
-        all_inputs = torch.cat([cache_layer.mixing_inputs, inputs], dim=-2) if has_past else inputs
+        if cache_layer is not None and self.mix_out is None:
+            # The plain mixing stores no hidden states (zero features): store the inputs first and mix what the cache
+            # returns, one copy of the past per step instead of two.
+            all_inputs, _ = cache_layer.update(inputs, inputs[..., :0])
+        else:
+            all_inputs = torch.cat([cache_layer.mixing_inputs, inputs], dim=-2) if has_past else inputs
         mixed = self.mix(all_inputs, positions)
         weights = None
         if output_attentions:
@@ -214,7 +219,7 @@ class MaskedMixerTokenMixer(nn.Module):
             hidden = self.act(mixed)
             all_hidden = torch.cat([cache_layer.expanded_hidden, hidden], dim=-2) if has_past else hidden
             mixed = self.mix_out(all_hidden, positions)
-        if cache_layer is not None:
+        if cache_layer is not None and self.mix_out is not None:
             cache_layer.update(inputs, hidden)
         mixed = mixed.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return (self.out_proj(mixed) if self.out_proj is not None else mixed), weights

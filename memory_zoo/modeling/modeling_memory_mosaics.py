@@ -109,6 +109,8 @@ class MosaicsStep:
     # The in-context read-out mask, built once per call for every block; None on the causal fast path
     read_allowed: torch.Tensor | None = None
     read_has_any: torch.Tensor | None = None
+    # One new token after cached ones, no padding: it reads every finished value, no mask needed (decoding steps)
+    reads_all: bool = False
 
     def valid_span(self, start: int, stop: int) -> torch.Tensor | None:
         return None if self.valid is None else self.valid[:, start:stop]
@@ -277,12 +279,10 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
 
         all_keys, all_values = keys, values
         if cache_layer is not None:
-            if past > 0:
-                all_keys = torch.cat([cache_layer.keys, keys], dim=-2)
-                all_values = torch.cat([cache_layer.values, values], dim=-2)
-            else:
+            if past == 0:
                 cache_layer.reset()
-            cache_layer.update(keys, values)
+            # the cache's concatenation is the read's: one copy of the past per step, not two
+            all_keys, all_values = cache_layer.update(keys, values)
             self.remember_inputs(hidden_states, states, past, max(context, self.key_features.context), new_states)
             cache_layer.states.update(new_states)
         read_out, weights = self.read(keys, all_keys, all_values, step, output_attentions)
@@ -304,6 +304,9 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
             return queries.new_zeros(batch, heads, length, dim), weights
         blockwise = (dropout > 0 and not output_attentions and queries.device.type == "cpu"
                      and torch.is_grad_enabled() and length - shift > READ_BLOCK)
+        if step.reads_all:
+            out = attend(queries, keys[:, :, :readable], values, dropout_p=dropout, scale=1.0)
+            return out if output_attentions else (out, None)
         if step.read_allowed is None and blockwise:
             out = causal_read_with_dropout(queries[:, :, shift:], keys[:, :, :readable], values, dropout)
             return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2), None
@@ -527,7 +530,9 @@ class MemoryMosaicsModel(MemoryMosaicsPreTrainedModel):
             past.is_padded = past.is_padded or valid is not None
         step = MosaicsStep(past_length, valid)
         readable = total - self.config.value_shift
-        if (past_length > 0 or valid is not None) and readable > 0:
+        if past_length > 0 and valid is None and length == 1:
+            step.reads_all = True
+        elif (past_length > 0 or valid is not None) and readable > 0:
             # Query t reads values u <= t - value_shift among the real ones; built once for every block.
             positions = torch.arange(past_length, total, device=device)
             allowed = torch.arange(readable, device=device)[None, :] <= positions[:, None] - self.config.value_shift

@@ -34,6 +34,9 @@ def leaky_average_reference(
     state = x.new_zeros(batch, heads, dim, dtype=torch.float32) if initial_state is None else initial_state.float()
     if length == 0:
         return x, state
+    if length == 1:  # a decoding step: the recurrence itself (what the scan below computes for one token)
+        out = x[:, 0].float() + torch.exp(-decay)[None, :, None] * state
+        return out.to(x.dtype)[:, None], out
     chunk = min(chunk_size, length)
     padded = -length % chunk
     values = F.pad(x.float(), (0, 0, 0, 0, 0, padded)).view(batch, -1, chunk, heads, dim)
