@@ -4,7 +4,9 @@ For every causal LM of the zoo and a same-size `LlamaForCausalLM` (the yardstick
 batch of one sequence (`labels = input_ids`) is timed at each length of `--lengths` (512 ... 8192 by default) and its
 peak memory measured above the resident model, each cell in a worker process of its own (peak RSS with the kernel's
 high-water mark reset right before the step; `bench_common.run_cell`). Then, per architecture, the least-squares
-slope of log(time) and of log(peak memory) against log(length): 1 is linear, 2 quadratic. Each architecture has an
+slope of log(time), of log(peak memory) and of log(saved activations: the bytes the forward keeps for the backward,
+counted exactly with saved-tensor hooks, where peak RSS also carries allocator noise) against log(length): 1 is
+linear, 2 quadratic. Each architecture has an
 order it cannot beat (`ORDER`: linear for leaky averages, chunked memories and product-key lookups; quadratic where
 the model itself is, for in-context reads over all past tokens or L x L mixing); a slope clearly above it is a hidden
 quadratic to find. On the CPU no kernel loads: this is the pure-torch path every CPU and every fallback runs.
@@ -78,7 +80,26 @@ def measure(cell: dict) -> dict:
         times.append(time.perf_counter() - start)
         peaks.append(read_peak(method) - baseline)
     return {"status": "ok", "seconds": statistics.median(times[1:]), "peak_bytes": int(max(peaks[1:])),
-            "peak_method": method}
+            "peak_method": method, "saved_bytes": saved_activation_bytes(model, ids)}
+
+
+def saved_activation_bytes(model: torch.nn.Module, ids: torch.Tensor) -> int:
+    """Bytes of the distinct tensors a forward saves for its backward, parameters excluded: the memory a training
+    step holds between its forward and backward, counted exactly (peak RSS also sees the allocator's reuse and
+    transient buffers, which swing it by 2x from step to step at long lengths)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids=ids, labels=ids).loss
+    del loss
+    return sum(storages.values())
 
 
 def fit(lengths: list[int], values: list[float]) -> float | None:
@@ -98,8 +119,9 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, quantity, field, unit in ((axes[0], "time", "seconds", "s"), (axes[1], "memory", "peak_bytes", "MiB")):
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    for ax, quantity, field, unit in ((axes[0], "time", "seconds", "s"), (axes[1], "memory", "peak_bytes", "MiB"),
+                                      (axes[2], "saved", "saved_bytes", "MiB")):
         for architecture, row in report["architectures"].items():
             cells = [c for c in row["cells"] if c["status"] == "ok"]
             if not cells:
@@ -142,22 +164,25 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": args.threads, "in_process": args.quick, "worker_timeout": 1800}
             result = {**cell, **run_cell(cell, measure, __file__)}
             cells.append(result)
-            shown = (f"{result['seconds'] * 1e3:9.1f} ms {result['peak_bytes'] / 2**20:9.1f} MiB"
+            shown = (f"{result['seconds'] * 1e3:9.1f} ms {result['peak_bytes'] / 2**20:9.1f} MiB peak "
+                     f"{result['saved_bytes'] / 2**20:9.1f} MiB saved"
                      if result["status"] == "ok" else result["status"])
             print(f"{architecture:28s} T={length:5d}  {shown}", flush=True)
         ok = [c for c in cells if c["status"] == "ok"][-FIT_POINTS:]
         slopes = {"time": fit([c["length"] for c in ok], [c["seconds"] for c in ok]),
-                  "memory": fit([c["length"] for c in ok], [c["peak_bytes"] for c in ok])}
+                  "memory": fit([c["length"] for c in ok], [c["peak_bytes"] for c in ok]),
+                  "saved": fit([c["length"] for c in ok], [c["saved_bytes"] for c in ok])}
         order = ORDER[architecture]
-        above = [q for q, s in slopes.items() if s is not None and s > order[q] + SLACK]
+        # saved activations have the order of the memory
+        above = [q for q, s in slopes.items() if s is not None and s > order.get(q, order["memory"]) + SLACK]
         report["architectures"][architecture] = {"cells": cells, "slopes": slopes, "order": order,
                                                  "above_order": above}
-    print("\nlog-log slopes (time; peak memory) against the architecture's order:")
+    print("\nlog-log slopes (time; peak memory; saved activations) against the architecture's order:")
     for architecture, row in report["architectures"].items():
         shown = {q: "-" if v is None else format(v, ".2f") for q, v in row["slopes"].items()}
         flag = f"   ABOVE ORDER: {', '.join(row['above_order'])}" if row["above_order"] else ""
         print(f"  {architecture:28s} time {shown['time']:>5} (order {row['order']['time']})  memory "
-              f"{shown['memory']:>5} (order {row['order']['memory']}){flag}")
+              f"{shown['memory']:>5} saved {shown['saved']:>5} (order {row['order']['memory']}){flag}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.output.with_suffix(".png"))

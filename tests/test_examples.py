@@ -117,6 +117,10 @@ def test_slopes_benchmark_quick_run_fits_every_architecture(tmp_path):
     for architecture, row in report["architectures"].items():
         assert [cell["status"] for cell in row["cells"]] == ["ok", "ok"], architecture
         assert row["slopes"]["time"] is not None
+        # saved activations are counted exactly: they grow with the length (twice as many tokens, more bytes)
+        short, long = (cell["saved_bytes"] for cell in row["cells"])
+        assert 0 < short < long, architecture
+        assert row["slopes"]["saved"] is not None
 
 
 def test_memory_layers_benchmark_quick_run_writes_figures(tmp_path):
@@ -303,3 +307,26 @@ def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
     assert figures == ["efficiency_0.2M_memory.png", "efficiency_0.2M_throughput.png"]
     assert all((output_dir / name).stat().st_size > 0 for name in figures)
 
+
+
+def test_readme_and_docs_show_the_committed_scoreboard():
+    """The scoreboard blocks of README.md and docs/benchmarks.md are the table of the committed scoreboard.json, and
+    that run has the matched Llama (and Mamba) beside every architecture."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scoreboard_summary
+        from scoreboard_models import ALL_ARCHITECTURES, YARDSTICK
+    finally:
+        sys.path.pop(0)
+    report = json.loads(scoreboard_summary.RESULTS.read_text())
+    assert report["settings"]["architectures"] == ALL_ARCHITECTURES and YARDSTICK == scoreboard_summary.YARDSTICK
+    table = scoreboard_summary.summary_table(report)
+    for document in scoreboard_summary.DOCUMENTS:
+        text = document.read_text()
+        block = text.split(scoreboard_summary.BEGIN, 1)[1].split(scoreboard_summary.END, 1)[0]
+        assert block == table, f"{document}: run python benchmarks/scoreboard_summary.py --write"
+    assert all(f"| {a} |" in table or f"**{a}**" in table for a in ALL_ARCHITECTURES)
+    ratios = report["efficiency"]["ratios"]
+    assert all(set(per_arch) == set(ALL_ARCHITECTURES) - {YARDSTICK} for per_arch in ratios.values())
