@@ -283,7 +283,7 @@ def test_without_a_usable_kernel_the_model_falls_back_after_one_log_line(caplog,
 def test_blockwise_dropout_read_is_sdpa_and_replays_its_dropout_mask():
     """The CPU read-out with dropout (blocks of query rows, recomputed in the backward) is SDPA's causal read: equal
     without dropout, and with dropout its gradients are those of the same blocks kept whole (the mask is replayed)."""
-    from memory_zoo.modeling.modeling_memory_mosaics import causal_read_with_dropout
+    from memory_zoo.modeling.modeling_memory_mosaics import causal_read_with_dropout, read_with_dropout
 
     q, k, v = (torch.randn(1, 2, 300, 8, requires_grad=True) for _ in range(3))
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
@@ -298,8 +298,7 @@ def test_blockwise_dropout_read_is_sdpa_and_replays_its_dropout_mask():
         for start in range(0, 300, 64):
             stop = min(start + 64, 300)
             mask = torch.ones(stop - start, stop, dtype=torch.bool).tril(start)
-            parts.append(torch.nn.functional.scaled_dot_product_attention(
-                q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], attn_mask=mask, dropout_p=dropout, scale=1.0))
+            parts.append(read_with_dropout(q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], dropout, mask))
         return torch.cat(parts, dim=2)
 
     torch.manual_seed(3)
@@ -311,3 +310,46 @@ def test_blockwise_dropout_read_is_sdpa_and_replays_its_dropout_mask():
     assert not torch.allclose(dropped, plain)  # dropout did act
     for got, want in zip(grads, torch.autograd.grad(reference.square().sum(), (q, k, v)), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_read_with_dropout_is_sdpa_with_a_dropout_mask():
+    """The written-out CPU read (`read_with_dropout`): SDPA's values without dropout, and with it exactly
+    `softmax(scores) * keep / (1 - p) @ values` for the mask `rand >= p` it draws: unbiased, and about p dropped."""
+    from memory_zoo.modeling.modeling_memory_mosaics import read_with_dropout
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=generator) for _ in range(3))
+    allowed = torch.ones(40, 40, dtype=torch.bool).tril()
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0)
+    torch.testing.assert_close(read_with_dropout(q, k, v, 1e-12, allowed), plain, atol=1e-6, rtol=1e-5)
+    torch.manual_seed(5)
+    dropped = read_with_dropout(q, k, v, 0.25, allowed)
+    torch.manual_seed(5)
+    keep = torch.rand(2, 3, 40, 40) >= 0.25
+    probs = torch.softmax((q @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf")), dim=-1)
+    torch.testing.assert_close(dropped, (probs * keep / 0.75) @ v)
+    assert 0.2 < 1 - keep[allowed.expand_as(keep)].float().mean() < 0.3
+    mean = torch.stack([read_with_dropout(q, k, v, 0.25, allowed) for _ in range(400)]).mean(0)
+    assert (mean - plain).abs().mean() < 0.02 < (dropped - plain).abs().mean()  # unbiased: averages to the plain read
+
+
+def test_training_with_dropout_on_the_cpu_reads_through_the_written_out_path(monkeypatch):
+    """Both memories of a training step with dropout take `read_with_dropout` on the CPU (SDPA's math path would
+    otherwise run), short and long sequences alike; evaluation and dropout 0 keep SDPA."""
+    import memory_zoo.modeling.modeling_memory_mosaics as module
+
+    calls = []
+    original = module.read_with_dropout
+    monkeypatch.setattr(module, "read_with_dropout", lambda *a, **k: calls.append(a[0].shape[-2]) or original(*a, **k))
+    monkeypatch.setattr(module, "READ_BLOCK", 8)
+    model = tiny_mosaics(attention_dropout=0.1, hidden_dropout=0.0).train()
+    for length in (6, 20):  # one block, and blocks of 8 rows
+        calls.clear()
+        input_ids = torch.randint(3, 300, (2, length))
+        model(input_ids, labels=input_ids).loss.backward()
+        layers = model.config.num_hidden_layers
+        assert len(calls) >= 2 * layers, calls
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(input_ids)
+    assert calls == []

@@ -302,13 +302,19 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         if readable == 0:
             weights = queries.new_zeros(batch, heads, length, 0) if output_attentions else None
             return queries.new_zeros(batch, heads, length, dim), weights
-        blockwise = (dropout > 0 and not output_attentions and queries.device.type == "cpu"
-                     and torch.is_grad_enabled() and length - shift > READ_BLOCK)
+        # dropout on the CPU: SDPA's math path, replaced by `read_with_dropout` (in checkpointed blocks when long)
+        explicit = dropout > 0 and not output_attentions and queries.device.type == "cpu"
+        blockwise = explicit and torch.is_grad_enabled() and length - shift > READ_BLOCK
         if step.reads_all:
             out = attend(queries, keys[:, :, :readable], values, dropout_p=dropout, scale=1.0)
             return out if output_attentions else (out, None)
-        if step.read_allowed is None and blockwise:
-            out = causal_read_with_dropout(queries[:, :, shift:], keys[:, :, :readable], values, dropout)
+        if step.read_allowed is None and explicit:
+            rows = length - shift
+            if blockwise:
+                out = causal_read_with_dropout(queries[:, :, shift:], keys[:, :, :readable], values, dropout)
+            else:
+                causal = torch.ones(rows, readable, dtype=torch.bool, device=queries.device).tril()
+                out = read_with_dropout(queries[:, :, shift:], keys[:, :, :readable], values, dropout, causal)
             return torch.cat([queries.new_zeros(batch, heads, shift, dim), out], dim=2), None
         if step.read_allowed is None:
             # Query t reads keys 0 .. t - shift: an ordinary causal problem on rows shift.. (flash/SDPA friendly).
@@ -327,6 +333,24 @@ class MemoryMosaicsContextMemory(MemoryMosaicsAssociativeMemory):
         return out * has_any, None if weights is None else weights * has_any
 
 
+def read_with_dropout(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, dropout: float,
+                      allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """`SDPA(queries, keys, values, attn_mask=allowed, dropout_p=dropout, scale=1)`, written out for the CPU.
+
+    With dropout SDPA can only take its math path on the CPU, which guards its softmax against fully masked rows
+    (`where` / `isneginf` / `all` over every score: about a tenth of a Memory Mosaics training step) and draws its
+    mask with `bernoulli_`. Here every row reads at least one key (the memories never ask otherwise), so the softmax
+    is plain, and the mask is `rand >= dropout` (the same distribution, drawn in half the time). Kept entries are
+    scaled by `1 / (1 - dropout)`, as `F.dropout` does.
+    """
+    scores = torch.matmul(queries, keys.transpose(-1, -2))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    dropped = torch.rand_like(probs) < dropout
+    return torch.matmul(probs.masked_fill(dropped, 0.0).mul_(1.0 / (1.0 - dropout)), values)
+
+
 def causal_read_with_dropout(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, dropout: float,
                              block: int = READ_BLOCK) -> torch.Tensor:
     """`SDPA(queries, keys, values, is_causal=True, dropout_p=dropout, scale=1)` for a square causal read, in blocks.
@@ -343,7 +367,7 @@ def causal_read_with_dropout(queries: torch.Tensor, keys: torch.Tensor, values: 
         mask = torch.ones(stop - start, stop, dtype=torch.bool, device=queries.device).tril(start)
 
         def part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout, scale=1.0)
+            return read_with_dropout(q, k, v, dropout, m)
 
         outputs.append(checkpoint(part, queries[:, :, start:stop], keys[:, :, :stop], values[:, :, :stop],
                                   use_reentrant=False))
@@ -382,9 +406,13 @@ class MemoryMosaicsPersistentMemory(MemoryMosaicsAssociativeMemory):
         queries = keys.transpose(0, 1).reshape(1, heads, batch * length, self.head_dim)
         read_out = 0
         for table in range(self.memory_keys.shape[0]):
-            read_out = read_out + F.scaled_dot_product_attention(
-                queries, self.memory_keys[table][None], self.memory_values[table][None], dropout_p=dropout, scale=1.0
-            )
+            table_keys, table_values = self.memory_keys[table][None], self.memory_values[table][None]
+            if dropout > 0 and queries.device.type == "cpu":  # SDPA's math path otherwise, see read_with_dropout
+                read_out = read_out + read_with_dropout(queries, table_keys, table_values, dropout)
+            else:
+                read_out = read_out + F.scaled_dot_product_attention(
+                    queries, table_keys, table_values, dropout_p=dropout, scale=1.0
+                )
         if self.memory_keys.shape[0] > 1:
             read_out = read_out / self.memory_keys.shape[0]
         read_out = read_out.view(heads, batch, length, self.head_dim).transpose(0, 1)
