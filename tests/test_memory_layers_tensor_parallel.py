@@ -14,10 +14,7 @@ against torch's on one process at `atol=rtol=1e-5` (observed: 5e-6 relative on t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -33,37 +30,19 @@ from tensor_parallel_worker import (
     run_steps,
     train_with_trainer,
 )
+from test_distributed_training import launch, needs_gloo
 
 ROOT = Path(__file__).parent.parent
 WORKER = Path(__file__).parent / "tensor_parallel_worker.py"
 
-needs_gloo = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="torch.distributed with the gloo backend is needed for multi-process CPU tensor parallelism",
-)
-# torch 2.13's gloo backend sometimes kills a CPU rank with a signal inside a collective or at exit (see
-# tests/test_distributed_training.py); such a crash is retried once, any other failure fails.
-RUNTIME_CRASHES = ("Signal 11 (SIGSEGV)", "Signal 6 (SIGABRT)")
-
-
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory) -> Path:
-    """The folder the 2 ranks wrote their results to."""
+    """The folder the 2 ranks wrote their results to (a gloo signal crash is retried once, as in
+    tests/test_distributed_training.py)."""
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("torch.distributed with the gloo backend is needed")
     out = tmp_path_factory.mktemp("tensor_parallel")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-               str(out)]
-    for attempt in (1, 2):
-        result = subprocess.run(command, capture_output=True, text=True, cwd=out, env=env, timeout=300)
-        crashed = result.returncode != 0 and any(crash in result.stderr for crash in RUNTIME_CRASHES)
-        if not crashed or attempt == 2:
-            break
-        warnings.warn(f"a tensor-parallel worker crashed with a signal (torch/gloo runtime); retrying once:\n"
-                      f"{result.stderr[-1500:]}", stacklevel=2)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-6000:])
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", WORKER, out], out)
     return out
 
 
