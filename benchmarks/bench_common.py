@@ -147,6 +147,24 @@ def run_cell(cell: dict, measure: Callable[[dict], dict], script: str | Path) ->
     return json.loads(lines[-1][len(RESULT_TAG):])
 
 
+def tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
+    """Bytes of every distinct tensor reachable from a cache object (its layers, their attributes, lists, dicts):
+    keys and values, recurrent states, Mamba's conv and recurrent states alike."""
+    seen = set() if seen is None else seen
+    if depth > 6 or id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in vars(obj).values())
+    return 0
+
+
 def kernel_skip_reason(device: str, name: str, config_class: type) -> str | None:
     """Why the Hub kernel `name` (as `config_class` configures it) cannot run here, or None."""
     if device != "cuda":

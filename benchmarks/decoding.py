@@ -46,9 +46,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import scoreboard_models  # noqa: E402
-from bench_common import fmt_bytes, load_average, machine_info, maxrss_bytes  # noqa: E402
-from generation import cache_bytes  # noqa: E402
-from scoreboard_efficiency import tensor_bytes  # noqa: E402
+from bench_common import fmt_bytes, load_average, machine_info, maxrss_bytes, tensor_bytes  # noqa: E402
 from scoreboard_models import YARDSTICK  # noqa: E402
 
 from memory_zoo import ARCHITECTURES  # noqa: E402
@@ -186,16 +184,6 @@ def estimate_bytes(model_type: str, context: int, args: argparse.Namespace) -> i
     return int(sum(params) + 3 * max(params) + 16 * 4 * context * args.layers * args.hidden_size)
 
 
-def measure_cache(cache: object) -> tuple[int, str]:
-    """Bytes of a cache's tensors and how they were counted: `generation.cache_bytes` (keys/values, plus `states`,
-    of every layer) where the cache has that layout, else every distinct tensor reachable from it
-    (`scoreboard_efficiency.tensor_bytes`: Mamba's `LinearAttentionLayer` holds `conv_states` / `recurrent_states`)."""
-    try:
-        return cache_bytes(cache), "generation.cache_bytes"
-    except AttributeError:
-        return tensor_bytes(cache), "scoreboard_efficiency.tensor_bytes"
-
-
 def cache_positions(cache: object) -> int | None:
     """Positions the cache has read, or None where it cannot say (recurrent-only caches such as Mamba's refuse)."""
     try:
@@ -251,8 +239,7 @@ def bench_context(context: int, args: argparse.Namespace, max_bytes: int) -> dic
                 continue
             cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24, `past_key_values` before
             references[model_type] = out.sequences
-            total, method = measure_cache(cache)
-            cell.update(status="ok", warmup=timing, cache_bytes=total, cache_bytes_method=method,
+            cell.update(status="ok", warmup=timing, cache_bytes=tensor_bytes(cache),
                         cache_class=type(cache).__name__,
                         cache_positions=cache_positions(cache),
                         parameters=scoreboard_models.count_parameters(model))
@@ -488,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                   "prefill_s = first stamp - call start, median over calls; mean_decode_tokens_per_s = "
                   "(new_tokens - 1) / (last stamp - first stamp), median over calls; wall_* and cpu_* fields give "
                   "both clocks; models round robin",
-        "cache_bytes": "benchmarks/generation.py cache_bytes: keys/values (+ states) of every cache layer after the "
-                       "warm-up generate; caches of another layout: every tensor reachable (cache_bytes_method)",
+        "cache_bytes": "bench_common.tensor_bytes: every distinct tensor reachable from the cache after the warm-up "
+                       "generate (keys/values, recurrent states, Mamba's conv/recurrent states)",
     }
     print(f"settings: {json.dumps({k: v for k, v in settings.items() if k not in ('timing', 'cache_bytes')})}")
     machine["load_average_before"] = load_average()

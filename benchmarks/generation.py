@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import load_average, machine_info  # noqa: E402
+from bench_common import load_average, machine_info, tensor_bytes  # noqa: E402
 
 from memory_zoo import (  # noqa: E402
     LSWTConfig,
@@ -110,16 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cache_bytes(past_key_values) -> int:
-    """Total bytes of the cache tensors (`keys`/`values` of every layer, plus recurrent `states` where there are)."""
-    total = 0
-    for layer in past_key_values.layers:
-        for tensor in (layer.keys, layer.values, *getattr(layer, "states", {}).values()):
-            if tensor is not None:
-                total += tensor.nbytes
-    return total
-
-
 def build_model(args: argparse.Namespace, context: int):
     if args.architecture == "memory-mosaics":
         # research proportions: 64-channel heads, persistent memories of 3.5 x hidden slots
@@ -168,7 +158,7 @@ def bench_context(args: argparse.Namespace, context: int) -> dict:
         out = model.generate(input_ids, use_cache=True, return_dict_in_generate=True, **gen_kwargs)
         reference = out.sequences
         cache = getattr(out, CACHE_NAME)  # `cache` since transformers 5.24, `past_key_values` before
-        cache_total = cache_bytes(cache)
+        cache_total = tensor_bytes(cache)
         cache_length = cache.get_seq_length()
         del out
         _, uncached_warm = run(False)

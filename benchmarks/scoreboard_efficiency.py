@@ -32,7 +32,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULT_TAG, fmt_bytes, mark_peak, read_peak, run_cell, run_worker  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULT_TAG,
+    fmt_bytes,
+    mark_peak,
+    read_peak,
+    run_cell,
+    run_worker,
+    tensor_bytes,
+)
 from scoreboard_models import (  # noqa: E402
     AUTOENCODERS,
     MEMORY_CHUNKS,
@@ -121,23 +129,6 @@ def settings_for(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 # Worker side: one cell.
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
-    """Bytes of every distinct tensor reachable from a cache object (its layers, their attributes, lists, dicts)."""
-    seen = set() if seen is None else seen
-    if depth > 6 or id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        return obj.nbytes
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v, seen, depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v, seen, depth + 1) for v in obj)
-    if hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
-        return sum(tensor_bytes(v, seen, depth + 1) for v in vars(obj).values())
-    return 0
 
 
 def _timed(fn, repeats: int, warmup_seconds: float) -> list[float]:
