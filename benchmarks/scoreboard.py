@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scoreboard_efficiency  # noqa: E402
 from bench_common import load_average, machine_info  # noqa: E402
-from scoreboard_models import ALL_ARCHITECTURES  # noqa: E402  (the zoo's, then the yardsticks llama and mamba)
+from scoreboard_models import ALL_ARCHITECTURES, DEFAULT_ARCHITECTURES  # noqa: E402
 
 PARTS = ("efficiency", "tasks")
 RESULTS = Path(__file__).resolve().parent / "results" / "scoreboard"
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     scale.add_argument("--quick", action="store_true", help="smoke-test scale (seconds); output to a temp dir")
     scale.add_argument("--full", action="store_true", help="full scale: two budgets, long contexts (long)")
     parser.add_argument("--only", choices=PARTS, default=None, help="run one part only (default: both)")
-    parser.add_argument("--architectures", nargs="+", choices=ALL_ARCHITECTURES, default=ALL_ARCHITECTURES,
-                        metavar="MODEL_TYPE", help=f"architectures (default: all: {' '.join(ALL_ARCHITECTURES)})")
+    parser.add_argument("--architectures", nargs="+", choices=ALL_ARCHITECTURES, default=DEFAULT_ARCHITECTURES,
+                        metavar="MODEL_TYPE", help=f"architectures (default: {' '.join(DEFAULT_ARCHITECTURES)}; "
+                                                   f"also: {' '.join(sorted(set(ALL_ARCHITECTURES) - set(DEFAULT_ARCHITECTURES)))})")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where scoreboard.json and the PNGs go (default: benchmarks/results/scoreboard/, "
                              "with --quick a temp dir)")

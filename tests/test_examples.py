@@ -296,10 +296,14 @@ def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
     ratios = efficiency["ratios"]["0.2M"]
     assert "llama" not in ratios and set(ratios) == {"masked_mixer", "mixer_autoencoder", "mamba"}
     for context in ("64", "128"):
-        expected_ratio = (cells[("masked_mixer", "generate", int(context))]["decode_tokens_per_s"]
-                          / cells[("llama", "generate", int(context))]["decode_tokens_per_s"])
-        assert ratios["masked_mixer"]["decode_tokens_per_s"][context] == pytest.approx(expected_ratio)
-        assert ratios["mamba"]["train_tokens_per_s"][context] > 0
+        ours, llama = (cells[(a, "generate", int(context))]["decode_tokens_per_s"] for a in ("masked_mixer", "llama"))
+        decode = ratios["masked_mixer"].get("decode_tokens_per_s", {})
+        if ours and llama:
+            assert decode[context] == pytest.approx(ours / llama)
+        else:  # 4 new tokens on a busy machine: the 1-token call can take as long, and the decode rate is unknown
+            assert context not in decode
+        train = (cells[(a, "train", int(context))]["tokens_per_s"] for a in ("mamba", "llama"))
+        assert ratios["mamba"]["train_tokens_per_s"][context] == pytest.approx(next(train) / next(train))
     assert "ratios to the matched llama" in result.stdout
     assert "budget 0.2M non-embedding parameters" in result.stdout and "log-log slopes" in result.stdout
     assert all(architecture in result.stdout for architecture in architectures)
@@ -311,22 +315,22 @@ def test_scoreboard_efficiency_quick_run_writes_json_table_and_plots(tmp_path):
 
 def test_readme_and_docs_show_the_committed_scoreboard():
     """The scoreboard blocks of README.md and docs/benchmarks.md are the table of the committed scoreboard.json, and
-    that run has the matched Llama (and Mamba) beside every architecture."""
+    that run has the matched Llama beside every architecture."""
     import json
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import scoreboard_summary
-        from scoreboard_models import ALL_ARCHITECTURES, YARDSTICK
+        from scoreboard_models import DEFAULT_ARCHITECTURES, YARDSTICK
     finally:
         sys.path.pop(0)
     report = json.loads(scoreboard_summary.RESULTS.read_text())
-    assert report["settings"]["architectures"] == ALL_ARCHITECTURES and YARDSTICK == scoreboard_summary.YARDSTICK
+    assert report["settings"]["architectures"] == DEFAULT_ARCHITECTURES and YARDSTICK == scoreboard_summary.YARDSTICK
     table = scoreboard_summary.summary_table(report)
     for document in scoreboard_summary.DOCUMENTS:
         text = document.read_text()
         block = text.split(scoreboard_summary.BEGIN, 1)[1].split(scoreboard_summary.END, 1)[0]
         assert block == table, f"{document}: run python benchmarks/scoreboard_summary.py --write"
-    assert all(f"| {a} |" in table or f"**{a}**" in table for a in ALL_ARCHITECTURES)
+    assert all(f"| {a} |" in table or f"**{a}**" in table for a in DEFAULT_ARCHITECTURES)
     ratios = report["efficiency"]["ratios"]
-    assert all(set(per_arch) == set(ALL_ARCHITECTURES) - {YARDSTICK} for per_arch in ratios.values())
+    assert all(set(per_arch) == set(DEFAULT_ARCHITECTURES) - {YARDSTICK} for per_arch in ratios.values())
