@@ -232,7 +232,22 @@ def _window_greedy(logits_of: Callable[[torch.Tensor], torch.Tensor], prompt: to
     return window[:, :filled]
 
 
-class MaskedMixer(Adapter):
+class _MixerAdapter(Adapter):
+    """blbadger's mixers (maskedmixers, memorymodels): the research forward returns ``(loss, logits [B, V, T])`` and
+    there is no generation code, so decoding re-runs the right-padded window per new token."""
+
+    def research_logits(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return model(ids, labels=ids)[1].transpose(1, 2)  # the research output is [B, V, T]
+
+    def research_loss(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return model(ids, labels=ids)[0]
+
+    def research_generate(self, model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
+                          context: int) -> torch.Tensor:
+        return _window_greedy(lambda window: self.research_logits(model, window), prompt, new_tokens, context)
+
+
+class MaskedMixer(_MixerAdapter):
     """blbadger/maskedmixers: the causal ``LanguageMixer``."""
 
     research_decoding = ("full re-run of the right-padded context window per new token (mixer_lm/inference.py; the "
@@ -257,17 +272,6 @@ class MaskedMixer(Adapter):
         config, state_dict, _ = convert_masked_mixer_state_dict(_detached(research), "masked-mixer",
                                                                 {"tokenized_length": context})
         return _our_model("masked-mixer", config, state_dict)
-
-    def research_logits(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, labels=ids)[1].transpose(1, 2)  # the research output is [B, V, T]
-
-    def research_loss(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, labels=ids)[0]
-
-    def research_generate(self, model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
-                          context: int) -> torch.Tensor:
-        return _window_greedy(lambda window: self.research_logits(model, window), prompt, new_tokens, context)
-
 
 class MemoryMosaics(Adapter):
     """facebookresearch/MemoryMosaics: the Library's pure-torch ``StackAssoMem``."""
@@ -325,7 +329,7 @@ class MemoryMosaics(Adapter):
             return model.generate(prompt, max_new_tokens=new_tokens, top_k=1)[0]  # (tokens, None)
 
 
-class VariableMemoryMixer(Adapter):
+class VariableMemoryMixer(_MixerAdapter):
     """blbadger/memorymodels: ``VariableMemoryMixer``."""
 
     research_decoding = ("full re-run of the right-padded window per new token, as mixer_lm/inference.py does for the "
@@ -363,17 +367,6 @@ class VariableMemoryMixer(Adapter):
 
         config, state_dict, _ = convert_variable_memory_state_dict(_detached(research), self.init_kwargs(context))
         return _our_model("variable-memory-mixer", config, state_dict)
-
-    def research_logits(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, labels=ids)[1].transpose(1, 2)
-
-    def research_loss(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, labels=ids)[0]
-
-    def research_generate(self, model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
-                          context: int) -> torch.Tensor:
-        return _window_greedy(lambda window: self.research_logits(model, window), prompt, new_tokens, context)
-
 
 class LSWT(Adapter):
     """Avelina9X/memory-transformer-pt4: ``LSWTForCausalLM``."""
